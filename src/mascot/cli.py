@@ -1,0 +1,129 @@
+"""`python -m mascot <stage>`: one subcommand per pipeline stage.
+
+Each stage reads only the inputs named by its flags and the params sections declared for it in
+dvc.yaml, and writes only its declared outputs (atomically). Errors the user can fix are printed as
+one paragraph without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import DEFAULT_PARAMS, load_params
+from .errors import MascotError
+
+
+def _download(args, params):
+    from .atomic import atomic_dir
+    from .datasets import get_dataset
+
+    dataset = get_dataset(args.dataset, params.dataset(args.dataset))
+    with atomic_dir(args.out) as tmp:
+        dataset.download(tmp)
+
+
+def _annotations(args, params):
+    from .annotations import summary, write_table
+    from .datasets import get_dataset
+
+    table = get_dataset(args.dataset, params.dataset(args.dataset)).read_annotations(args.raw)
+    write_table(table, args.out)
+    logging.getLogger("mascot").info("annotations %s: %s", args.dataset, summary(table))
+
+
+def _frames(args, params):
+    from . import frames
+    from .datasets import get_dataset
+
+    video_root = get_dataset(args.dataset, params.dataset(args.dataset)).video_root(args.raw)
+    frames.run(params, args.annotations, video_root, args.out)
+
+
+def _features(args, params):
+    from . import features
+
+    features.run(params, args.annotations, args.frames, args.out)
+
+
+def _train(args, params):
+    from . import train
+
+    train.run(params, args.features, args.dataset, args.variant, args.seed, args.model_out, args.log_out)
+
+
+def _evaluate(args, params):
+    from . import evaluate
+
+    evaluate.run(params, args.features, args.model, args.out)
+
+
+def _tables(args, params):
+    from . import tables
+
+    tables.run(params, args.metrics, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mascot", description="MASCOT text-video retrieval pipeline stages (see dvc.yaml).")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameter file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def stage(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = stage("download", _download, "Obtain a dataset's raw videos and annotation files (synthetic: generate them).")
+    p.add_argument("--dataset", required=True, help="registry name, e.g. synthetic")
+    p.add_argument("--out", type=Path, required=True, help="raw folder to create")
+
+    p = stage("annotations", _annotations, "Parse a dataset's annotation files into the normalized parquet table.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--raw", type=Path, required=True, help="raw folder from the download stage")
+    p.add_argument("--out", type=Path, required=True, help="annotations.parquet to write")
+
+    p = stage("frames", _frames, "Decode uniformly sampled frames of every video into uint8 shards.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--raw", type=Path, required=True, help="raw folder (videos are under its video root)")
+    p.add_argument("--annotations", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="frames folder to create")
+
+    p = stage("features", _features, "Cache the frozen vision tokens (input of the top K blocks) and caption tokens.")
+    p.add_argument("--annotations", type=Path, required=True)
+    p.add_argument("--frames", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="features folder to create")
+
+    p = stage("train", _train, "Train one variant on cached tokens; keep the checkpoint selected on val.")
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--dataset", required=True, help="dataset name (recorded in the checkpoint)")
+    p.add_argument("--variant", required=True, help="a name under variant_defs in params.yaml")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--model-out", type=Path, required=True, help="checkpoint to write")
+    p.add_argument("--log-out", type=Path, required=True, help="per-epoch CSV log to write")
+
+    p = stage("evaluate", _evaluate, "Text→video and video→text metrics on the test split.")
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True, help="checkpoint from the train stage")
+    p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+
+    p = stage("tables", _tables, "Markdown, CSV and LaTeX tables from all metrics files.")
+    p.add_argument("--metrics", type=Path, required=True, help="folder of metrics JSON files")
+    p.add_argument("--out", type=Path, required=True, help="tables folder to create")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mascot").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        params = load_params(args.params)
+        args.func(args, params)
+    except MascotError as exc:
+        print(f"error ({args.stage}): {exc}", file=sys.stderr)
+        return 2
+    return 0

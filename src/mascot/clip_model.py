@@ -1,0 +1,172 @@
+"""One way to build a CLIP backbone, and the split of its vision tower at block L - K.
+
+Models come from open_clip's registry; the project's own configs (src/mascot/model_configs, e.g.
+the tiny default) are added to it, so ViT-B-32, ViT-B-16 and `mascot-tiny` are built by the same
+call. `clip.pretrained` may be an open_clip tag (downloaded once into the cache), a local checkpoint
+file, or null (random weights).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+from .config import ClipConfig
+from .errors import ConfigError, MascotError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@functools.cache
+def register_model_configs() -> None:
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def model_config(name: str) -> dict:
+    register_model_configs()
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ConfigError(
+            f"`clip.model: {name}` is not an open_clip model; choose one of open_clip.list_models() "
+            f"(e.g. ViT-B-32, ViT-B-16) or add a JSON config to {MODEL_CONFIG_DIR}."
+        )
+    return cfg
+
+
+def image_size(name: str) -> int:
+    size = model_config(name)["vision_cfg"]["image_size"]
+    return int(size if isinstance(size, int) else size[0])
+
+
+def vision_layers(name: str) -> int:
+    return int(model_config(name)["vision_cfg"]["layers"])
+
+
+def create_clip(cfg: ClipConfig) -> nn.Module:
+    """Build the open_clip model named in `clip:` (weights per `clip.pretrained`), in eval mode."""
+    model_config(cfg.model)
+    try:
+        model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir)
+    except Exception as exc:
+        raise MascotError(
+            f"Cannot load weights `clip.pretrained: {cfg.pretrained}` for `clip.model: {cfg.model}` ({exc}). "
+            "A pretrained tag needs network access once (then it is cached in clip.cache_dir or $HF_HOME); "
+            "offline, point clip.pretrained at a local checkpoint file or set it to null."
+        ) from None
+    return model.eval()
+
+
+def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    visual = model.visual
+    return tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN), tuple(getattr(visual, "image_std", None) or OPENAI_STD)
+
+
+def check_split(model_name: str, trainable_blocks: int) -> int:
+    """Validate K against the tower depth L; return L."""
+    depth = vision_layers(model_name)
+    if not 1 <= trainable_blocks <= depth:
+        raise ConfigError(
+            f"`train.trainable_blocks: {trainable_blocks}` must be between 1 and the {depth} vision blocks of {model_name}."
+        )
+    return depth
+
+
+class _Blocks(nn.Module):
+    """Run a slice of open_clip resblocks on batch-first tokens, whatever layout the tower uses."""
+
+    def __init__(self, blocks: list[nn.Module], batch_first: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.batch_first = batch_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        for block in self.blocks:
+            x = block(x)
+        return x if self.batch_first else x.transpose(0, 1)
+
+
+class VisionPrefix(nn.Module):
+    """The frozen bottom of the tower: patch embedding and the first L - K blocks (cached once)."""
+
+    def __init__(self, visual: nn.Module, trainable_blocks: int):
+        super().__init__()
+        self.visual = visual
+        blocks = list(visual.transformer.resblocks)
+        self.blocks = _Blocks(blocks[: len(blocks) - trainable_blocks], visual.transformer.batch_first)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W), normalized → tokens (B, 1 + N, width) at the input of block L - K."""
+        return self.blocks(self.visual._embeds(images))
+
+
+class VisionTop(nn.Module):
+    """The trainable top K blocks, ln_post and proj: cached tokens → frame embeddings (CLS)."""
+
+    def __init__(self, visual: nn.Module, trainable_blocks: int):
+        super().__init__()
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
+            raise ConfigError("Only CLS-pooled open_clip ViTs are supported (no attentional pooling).")
+        blocks = list(visual.transformer.resblocks)
+        self.blocks = _Blocks(blocks[len(blocks) - trainable_blocks :], visual.transformer.batch_first)
+        self.ln_post = visual.ln_post
+        self.proj = visual.proj
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.ln_post(self.blocks(tokens))
+        cls = x[:, 0]
+        return cls @ self.proj if self.proj is not None else cls
+
+
+class TextEncoder(nn.Module):
+    """CLIP's text tower at any length ≤ its context: the EOT feature, projected.
+
+    open_clip's `encode_text` adds the full 77-position embedding, so shorter token sequences
+    (32 words in the CLIP4Clip protocol) need this slice-aware forward over the same modules.
+    """
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        src = clip.text if hasattr(clip, "text") else clip
+        if getattr(src, "cls_emb", None) is not None:
+            raise ConfigError("Text towers with a class token (CoCa-style) are not supported.")
+        self.token_embedding = src.token_embedding
+        self.positional_embedding = src.positional_embedding
+        self.transformer = src.transformer
+        self.ln_final = src.ln_final
+        self.text_projection = src.text_projection
+        self.register_buffer("attn_mask", src.attn_mask, persistent=False)
+
+    @property
+    def width(self) -> int:
+        return self.token_embedding.weight.shape[1]
+
+    def forward(self, tokens: torch.Tensor, return_tokens: bool = False):
+        length = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[:length]
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        x = self.ln_final(self.transformer(x, attn_mask=mask))
+        eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        if isinstance(self.text_projection, nn.Linear):
+            eot = self.text_projection(eot)
+        elif self.text_projection is not None:
+            eot = eot @ self.text_projection
+        return (eot, x) if return_tokens else eot
+
+
+def tokenizer(model_name: str, max_words: int):
+    """open_clip's tokenizer for the model, producing `max_words` tokens per caption."""
+    register_model_configs()
+    context = model_config(model_name)["text_cfg"].get("context_length", 77)
+    if max_words > context:
+        raise ConfigError(f"`features.max_words: {max_words}` exceeds the text context of {model_name} ({context}).")
+    tok = open_clip.get_tokenizer(model_name)
+    return functools.partial(tok, context_length=max_words)

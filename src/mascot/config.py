@@ -1,0 +1,202 @@
+"""The one schema for `params.yaml`.
+
+Every stage loads its parameters through `load_params`, so an invalid or unknown key is reported
+once, the same way, before any work starts. Per-dataset sections (`data.<name>`) are validated by the
+config class that the dataset's registry entry declares, so a new dataset brings its own schema
+without touching this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClipConfig(Section):
+    model: str = Field(
+        "mascot-tiny",
+        description="open_clip model name (built-in such as ViT-B-32, or one of src/mascot/model_configs)",
+    )
+    pretrained: str | None = Field(
+        None,
+        description="open_clip pretrained tag (needs the network once), a local checkpoint file, or null for random weights",
+    )
+    cache_dir: str | None = Field(None, description="where pretrained weights are cached (default: $HF_HOME)")
+
+
+class FramesConfig(Section):
+    num_frames: int = Field(12, ge=1, description="frames sampled uniformly over [start, end] of each video")
+    shard_size: int = Field(512, ge=1, description="videos per memory-mappable shard")
+    max_failed_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="fail the stage when more than this fraction of videos is unreadable"
+    )
+
+
+class FeaturesConfig(Section):
+    max_words: int = Field(32, ge=3, le=77, description="caption length in tokens (incl. start/end tokens)")
+    batch_size: int = Field(64, ge=1, description="frames encoded per forward pass")
+
+
+class TrainConfig(Section):
+    trainable_blocks: int = Field(
+        2, ge=1, description="K: top vision blocks trained on cached tokens (method.md section 3)"
+    )
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=2, description="video-caption pairs per step (in-batch negatives)")
+    lr: float = Field(1e-4, gt=0, description="learning rate of the new modules")
+    clip_lr_scale: float = Field(
+        1e-3, gt=0, description="CLIP weights train at lr * clip_lr_scale (1e-7 / 1e-4 in CLIP4Clip)"
+    )
+    weight_decay: float = Field(0.2, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    logit_scale_max: float = Field(100.0, gt=0)
+    selection_metric: Literal["t2v_R1", "rsum"] = Field(
+        "rsum", description="validation metric that picks the checkpoint (rsum = sum of R@1/5/10 both ways)"
+    )
+
+
+class VariantConfig(Section):
+    temporal: Literal["meanP", "seqTransf"] = Field(description="temporal module of method.md section 2.1")
+    temporal_layers: int = Field(4, ge=1, description="transformer layers of seqTransf")
+    label: str | None = Field(None, description="row label in the tables (default: the variant name)")
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(256, ge=1)
+
+
+class Params(Section):
+    datasets: list[str] = Field(min_length=1, description="datasets the pipeline runs over")
+    variants: list[str] = Field(min_length=1, description="names from variant_defs that are trained")
+    seeds: list[int] = Field(min_length=1, description="training seeds; tables show mean ± std over them")
+    data: dict[str, dict | None] = Field(description="per-dataset settings, validated by the dataset registry")
+    clip: ClipConfig
+    frames: FramesConfig
+    features: FeaturesConfig
+    train: TrainConfig
+    variant_defs: dict[str, VariantConfig]
+    evaluate: EvaluateConfig
+
+    @field_validator("datasets", "variants", "seeds")
+    @classmethod
+    def _unique(cls, value: list) -> list:
+        dupes = sorted({str(v) for v in value if value.count(v) > 1})
+        if dupes:
+            raise ValueError(f"entries must be unique, repeated: {', '.join(dupes)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Params:
+        missing = [d for d in self.datasets if d not in self.data]
+        if missing:
+            raise ValueError(f"datasets {missing} have no section under `data:`; add `data: {{{missing[0]}: {{}}}}`")
+        unknown = [v for v in self.variants if v not in self.variant_defs]
+        if unknown:
+            raise ValueError(f"variants {unknown} are not defined under `variant_defs:` ({sorted(self.variant_defs)})")
+        return self
+
+    def dataset(self, name: str):
+        """The validated `data.<name>` section."""
+        if name not in self.data:
+            raise ConfigError(f"params.yaml has no `data.{name}` section; known: {sorted(self.data)}.")
+        return self.data[name]
+
+    def variant(self, name: str) -> VariantConfig:
+        if name not in self.variant_defs:
+            raise ConfigError(
+                f"Variant `{name}` is not defined under `variant_defs:` in params.yaml "
+                f"(defined: {sorted(self.variant_defs)})."
+            )
+        return self.variant_defs[name]
+
+
+def _model_at(loc: tuple, root: type[BaseModel] = None) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc` (to list the keys allowed there)."""
+    model: Any = root or Params
+    for part in (loc[2:] if root else loc)[:-1]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = field.annotation
+        if getattr(model, "__origin__", None) is dict:
+            model = model.__args__[1]
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _describe(error: dict, source: str, root: type[BaseModel] | None = None) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        owner = _model_at(loc, root)
+        allowed = f" Allowed keys here: {', '.join(owner.model_fields)}." if owner else ""
+        return f"{source}: unknown key `{key}`.{allowed} Remove it or fix its spelling."
+    if error["type"] == "missing":
+        return f"{source}: required key `{key}` is missing."
+    got = error.get("input")
+    got_text = "" if isinstance(got, dict) else f", got {got!r}"
+    return f"{source}: key `{key}`: {error['msg']}{got_text}."
+
+
+def _dataset_sections(raw: dict, source: str) -> tuple[dict, list[str]]:
+    """Validate each `data.<name>` with the config class of its registry entry."""
+    from .datasets import available, dataset_config_class
+
+    sections, problems = {}, []
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return sections, problems  # reported by the main schema
+    for name, section in data.items():
+        if name not in available():
+            problems.append(f"{source}: key `data.{name}`: no such dataset; registered datasets are {available()}.")
+            continue
+        try:
+            sections[name] = dataset_config_class(name).model_validate(section or {})
+        except ValidationError as exc:
+            for e in exc.errors():
+                problems.append(_describe({**e, "loc": ("data", name, *e["loc"])}, source, dataset_config_class(name)))
+    return sections, problems
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already loaded params mapping; raise ConfigError with one line per problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}.")
+    sections, problems = _dataset_sections(raw, source)
+    params = None
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(e, source) for e in exc.errors()] + problems
+    if problems:
+        raise ConfigError(
+            "Invalid parameters:\n  " + "\n  ".join(problems) + "\nSee the documented defaults in params.yaml and README.md."
+        )
+    return params.model_copy(update={"data": sections})
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Load and validate `params.yaml`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: parameter file not found; run from the repository root or pass --params.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+    return parse_params(raw, source=str(path))

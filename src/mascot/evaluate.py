@@ -1,0 +1,70 @@
+"""Embedding a split with a trained model, and the evaluate stage (test split, selected checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_file, write_json
+from .clip_model import create_clip
+from .config import ClipConfig, Params, VariantConfig
+from .errors import MascotError
+from .features import FeatureStore
+from .metrics import text_video_metrics
+from .model import RetrievalModel
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def similarity(model: RetrievalModel, store: FeatureStore, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(captions × videos) cosine similarities of a split, and each caption's video column."""
+    was_training = model.training
+    model.eval()
+    videos, captions = store.videos(split), store.caption_rows(split)
+    if len(videos) == 0 or len(captions) == 0:
+        raise MascotError(f"{store.root}: the `{split}` split has no videos or no captions to evaluate.")
+    video_emb = torch.cat([model.encode_video(*store.video_batch(videos[i : i + batch_size])) for i in range(0, len(videos), batch_size)])
+    text_emb = torch.cat([model.encode_text(store.text_batch(captions[i : i + batch_size])) for i in range(0, len(captions), batch_size)])
+    column = {int(p): i for i, p in enumerate(videos)}
+    caption_video = np.array([column[int(v)] for v in store.captions["video_index"].to_numpy()[captions]])
+    model.train(was_training)
+    return (text_emb @ video_emb.t()).numpy(), caption_video
+
+
+def evaluate_split(model: RetrievalModel, store: FeatureStore, split: str, batch_size: int) -> dict:
+    sim, caption_video = similarity(model, store, split, batch_size)
+    return {**text_video_metrics(sim, caption_video), "num_videos": int(sim.shape[1]), "num_captions": int(sim.shape[0])}
+
+
+def save_checkpoint(model: RetrievalModel, meta: dict, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+
+
+def load_checkpoint(path: Path) -> tuple[RetrievalModel, dict]:
+    """Rebuild the model from a checkpoint's own metadata (no pickled objects are loaded)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MascotError(f"{path}: checkpoint not found; run the train stage first.") from None
+    meta = ckpt["meta"]
+    clip = create_clip(ClipConfig(model=meta["model"], pretrained=None))
+    model = RetrievalModel(clip, meta["trainable_blocks"], VariantConfig(**meta["variant"]), meta["num_frames"], meta["logit_scale_max"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), meta
+
+
+def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None:
+    store = FeatureStore.open(features_dir)
+    model, meta = load_checkpoint(checkpoint)
+    result = evaluate_split(model, store, "test", params.evaluate.batch_size)
+    result.update(
+        {k: meta[k] for k in ("dataset", "variant_name", "seed", "best_epoch")}
+        | {"selected_on": f"val {meta['selection_metric']}"}
+    )
+    write_json(out, result)
+    log.info("evaluate: t2v R@1 %.1f, v2t R@1 %.1f on %d test videos", result["t2v"]["R1"], result["v2t"]["R1"], result["num_videos"])

@@ -1,0 +1,142 @@
+"""The features stage: run the frozen bottom of the vision tower once and cache its tokens.
+
+method.md §3: the tower is split at block L - K (K = train.trainable_blocks). The cached tokens
+(fp16, the input of block L - K, CLS first) let training run only the top K blocks. Captions are
+tokenized here too, so training never touches the tokenizer.
+
+Output folder layout (one artifact, replaced atomically):
+  vision-{split}-{k:05d}.npy  fp16 (videos, num_frames, 1 + N, width); rows follow the frames shards
+  index.parquet               video_id, split, shard, row, num_valid
+  captions.parquet            caption_id, video_id, split, caption, video_index (row of index.parquet)
+  text_tokens.npy             int32 (captions, max_words), row i = captions.parquet row i
+  meta.json                   model, pretrained, trainable_blocks, shapes
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .annotations import read_table
+from .atomic import atomic_dir
+from .clip_model import VisionPrefix, check_split, create_clip, normalization, tokenizer
+from .config import Params
+from .errors import MascotError
+from .frames import open_frames
+
+log = logging.getLogger(__name__)
+
+
+def encode_frames(prefix: VisionPrefix, frames: np.ndarray, mean, std, batch_size: int) -> np.ndarray:
+    """uint8 frames (n, S, S, 3) → fp16 tokens (n, 1 + N, width)."""
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    out = []
+    for i in range(0, len(frames), batch_size):
+        x = torch.from_numpy(np.array(frames[i : i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
+        out.append(prefix((x - mean_t) / std_t).to(torch.float16).numpy())
+    return np.concatenate(out) if out else np.zeros((0,), np.float16)
+
+
+def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> None:
+    clip_cfg, k = params.clip, params.train.trainable_blocks
+    check_split(clip_cfg.model, k)
+    index, shards = open_frames(frames_dir)
+    meta_frames = json.loads((Path(frames_dir) / "meta.json").read_text())
+    model = create_clip(clip_cfg)
+    prefix = VisionPrefix(model.visual, k).eval()
+    mean, std = normalization(model)
+    tokens_per_frame = prefix(torch.zeros(1, 3, meta_frames["image_size"], meta_frames["image_size"])).shape[1:]
+
+    annotations = read_table(annotations_path)
+    video_index = pd.Series(np.arange(len(index)), index=index["video_id"].to_numpy())
+    captions = annotations[annotations["video_id"].isin(video_index.index)].reset_index(drop=True)
+    dropped = len(annotations) - len(captions)
+    if dropped:
+        log.warning("features: %d captions dropped because their video failed to decode (see frames failures.json)", dropped)
+    captions = captions[["caption_id", "video_id", "split", "caption"]].assign(
+        video_index=video_index.loc[captions["video_id"]].to_numpy()
+    )
+    tokenize = tokenizer(clip_cfg.model, params.features.max_words)
+
+    with atomic_dir(out) as tmp:
+        feature_index = index.assign(shard=index["shard"].map(lambda s: f"vision-{s}"))
+        progress = tqdm(total=int(index["num_valid"].sum()), desc="features", unit="frame", disable=None)
+        for name, frames in shards.items():
+            rows = index[index["shard"] == name]
+            cache = np.lib.format.open_memmap(
+                tmp / f"vision-{name}", mode="w+", dtype=np.float16, shape=(frames.shape[0], frames.shape[1], *tokens_per_frame)
+            )
+            for row, valid in zip(rows["row"], rows["num_valid"]):
+                cache[row, :valid] = encode_frames(prefix, frames[row, :valid], mean, std, params.features.batch_size)
+                progress.update(valid)
+            cache.flush()
+            del cache
+        progress.close()
+        feature_index.to_parquet(tmp / "index.parquet", index=False)
+        captions.to_parquet(tmp / "captions.parquet", index=False)
+        tokens = tokenize(captions["caption"].tolist()) if len(captions) else torch.zeros(0, params.features.max_words)
+        np.save(tmp / "text_tokens.npy", tokens.numpy().astype(np.int32))
+        meta = {
+            "model": clip_cfg.model,
+            "pretrained": clip_cfg.pretrained,
+            "trainable_blocks": k,
+            "num_frames": int(meta_frames["num_frames"]),
+            "tokens_per_frame": int(tokens_per_frame[0]),
+            "width": int(tokens_per_frame[1]),
+            "max_words": params.features.max_words,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    log.info("features: %d videos, %d captions cached in %s", len(index), len(captions), out)
+
+
+@dataclass
+class FeatureStore:
+    """Read access to a features folder: video tokens with frame masks, caption tokens."""
+
+    root: Path
+    meta: dict
+    index: pd.DataFrame
+    captions: pd.DataFrame
+    text_tokens: np.ndarray
+    shards: dict[str, np.ndarray]
+
+    @classmethod
+    def open(cls, root: Path) -> FeatureStore:
+        root = Path(root)
+        if not (root / "meta.json").is_file():
+            raise MascotError(f"{root}: not a features folder (no meta.json); run the features stage first.")
+        index = pd.read_parquet(root / "index.parquet")
+        return cls(
+            root=root,
+            meta=json.loads((root / "meta.json").read_text()),
+            index=index,
+            captions=pd.read_parquet(root / "captions.parquet"),
+            text_tokens=np.load(root / "text_tokens.npy"),
+            shards={name: np.load(root / name, mmap_mode="r") for name in index["shard"].unique()},
+        )
+
+    def videos(self, split: str) -> np.ndarray:
+        """Positions (in index.parquet) of the videos of a split."""
+        return np.flatnonzero(self.index["split"].to_numpy() == split)
+
+    def caption_rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.captions["split"].to_numpy() == split)
+
+    def video_batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, T, 1 + N, width) float32 and the frame mask (B, T) bool."""
+        rows = self.index.iloc[positions]
+        tokens = np.stack([self.shards[s][r] for s, r in zip(rows["shard"], rows["row"])])
+        t = tokens.shape[1]
+        mask = np.arange(t)[None, :] < rows["num_valid"].to_numpy()[:, None]
+        return torch.from_numpy(tokens.astype(np.float32)), torch.from_numpy(mask)
+
+    def text_batch(self, caption_rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.text_tokens[caption_rows].astype(np.int64))

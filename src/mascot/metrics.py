@@ -1,0 +1,90 @@
+"""Retrieval metrics: R@1, R@5, R@10, median rank (MdR) and mean rank (MnR).
+
+Rank definition: the rank of a query's correct candidate is 1 + the number of candidates that
+score *strictly higher* than it. Ties therefore count in the query's favour, deterministically,
+without searching for float-equal scores (which over-counts when captions are duplicated, as in the
+MSR-VTT 1k-A test set). With several correct candidates (video→text when a video has several
+captions) the best-scoring correct candidate counts.
+
+Scores are processed in row chunks, so memory stays at O(chunk × candidates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+METRICS = ("R1", "R5", "R10", "MdR", "MnR")
+
+
+def _as_pairs(targets, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query, candidate) index pairs from an int array (one target each) or a list of lists."""
+    if targets is None:
+        q = np.arange(num_queries)
+        return q, q
+    if isinstance(targets, np.ndarray) and targets.ndim == 1 and targets.dtype.kind in "iu":
+        if len(targets) != num_queries:
+            raise ValueError(f"targets has {len(targets)} entries for {num_queries} queries")
+        return np.arange(num_queries), targets.astype(np.int64)
+    targets = list(targets)
+    if len(targets) != num_queries:
+        raise ValueError(f"targets has {len(targets)} entries for {num_queries} queries")
+    qs, cs = [], []
+    for q, t in enumerate(targets):
+        t = np.atleast_1d(np.asarray(t, dtype=np.int64))
+        if t.size == 0:
+            raise ValueError(f"query {q} has no correct candidate")
+        qs.append(np.full(t.size, q))
+        cs.append(t)
+    return np.concatenate(qs), np.concatenate(cs)
+
+
+def ranks(sim: np.ndarray, targets=None, chunk_size: int = 1024) -> np.ndarray:
+    """1-based rank of each query's (best) correct candidate; rows of `sim` are queries."""
+    sim = np.asarray(sim)
+    if sim.ndim != 2:
+        raise ValueError(f"sim must be 2-D (queries × candidates), got shape {sim.shape}")
+    nq, nc = sim.shape
+    q_idx, c_idx = _as_pairs(targets, nq)
+    if c_idx.size and (c_idx.min() < 0 or c_idx.max() >= nc):
+        raise ValueError(f"target index out of range for {nc} candidates")
+    best = np.full(nq, -np.inf)
+    np.maximum.at(best, q_idx, sim[q_idx, c_idx].astype(np.float64))
+    out = np.empty(nq, np.int64)
+    for start in range(0, nq, chunk_size):
+        stop = min(start + chunk_size, nq)
+        out[start:stop] = 1 + (sim[start:stop].astype(np.float64) > best[start:stop, None]).sum(axis=1)
+    return out
+
+
+def summarize(rank: np.ndarray) -> dict[str, float]:
+    rank = np.asarray(rank)
+    return {
+        "R1": float(100.0 * np.mean(rank <= 1)),
+        "R5": float(100.0 * np.mean(rank <= 5)),
+        "R10": float(100.0 * np.mean(rank <= 10)),
+        "MdR": float(np.median(rank)),
+        "MnR": float(np.mean(rank)),
+    }
+
+
+def retrieval_metrics(sim: np.ndarray, targets=None, chunk_size: int = 1024) -> dict[str, float]:
+    """The five metrics for a similarity matrix whose rows are queries.
+
+    `targets`: None (query i's correct candidate is i), an int array (one correct candidate per
+    query), or a sequence of index sequences (several correct candidates; the best one counts).
+    """
+    return summarize(ranks(sim, targets, chunk_size))
+
+
+def text_video_metrics(sim: np.ndarray, caption_video: Sequence[int], chunk_size: int = 1024) -> dict[str, dict[str, float]]:
+    """Both directions from a (captions × videos) matrix and each caption's video index."""
+    caption_video = np.asarray(caption_video, dtype=np.int64)
+    num_videos = sim.shape[1]
+    t2v = retrieval_metrics(sim, caption_video, chunk_size)
+    by_video = [[] for _ in range(num_videos)]
+    for c, v in enumerate(caption_video):
+        by_video[v].append(c)
+    v2t = retrieval_metrics(np.asarray(sim).T, by_video, chunk_size)
+    return {"t2v": t2v, "v2t": v2t}

@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny synthetic dataset and its pipeline artifacts, built once per session."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_params_dict() -> dict:
+    """The repository's params.yaml shrunk to seconds: the lightning-hydra style debug preset."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = copy.deepcopy(raw)
+    raw["data"]["synthetic"].update({"videos": {"train": 16, "val": 6, "test": 6}, "min_seconds": 0.5, "max_seconds": 1.5})
+    raw["frames"]["num_frames"] = 4
+    raw["frames"]["shard_size"] = 10
+    raw["train"].update({"epochs": 1, "batch_size": 8})
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    from mascot.config import parse_params
+
+    return parse_params(tiny_params_dict())
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory, tiny_params) -> Path:
+    from mascot.datasets import get_dataset
+
+    raw = tmp_path_factory.mktemp("synthetic") / "raw"
+    raw.mkdir()
+    get_dataset("synthetic", tiny_params.dataset("synthetic")).download(raw)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_annotations(tiny_raw, tiny_params) -> Path:
+    from mascot.annotations import write_table
+    from mascot.datasets import get_dataset
+
+    path = tiny_raw.parent / "annotations.parquet"
+    write_table(get_dataset("synthetic", tiny_params.dataset("synthetic")).read_annotations(tiny_raw), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_frames(tiny_raw, tiny_annotations, tiny_params) -> Path:
+    from mascot import frames
+
+    out = tiny_raw.parent / "frames"
+    frames.run(tiny_params, tiny_annotations, tiny_raw / "videos", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_frames, tiny_annotations, tiny_params) -> Path:
+    from mascot import features
+
+    out = tiny_frames.parent / "features"
+    features.run(tiny_params, tiny_annotations, tiny_frames, out)
+    return out

@@ -1,0 +1,76 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mascot.config import load_params, parse_params
+from mascot.errors import ConfigError
+
+from .conftest import REPO, tiny_params_dict
+
+
+def test_repository_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.datasets == ["synthetic"]
+    assert params.dataset("synthetic").videos.test > 0
+    assert set(params.variants) <= set(params.variant_defs)
+
+
+def _error_for(mutate) -> str:
+    raw = tiny_params_dict()
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    return str(info.value)
+
+
+def test_unknown_key_is_named_with_allowed_keys():
+    msg = _error_for(lambda r: r["train"].update({"lrr": 0.1}))
+    assert "unknown key `train.lrr`" in msg
+    assert "lr" in msg and "epochs" in msg
+
+
+def test_invalid_value_names_key_and_expectation():
+    msg = _error_for(lambda r: r["train"].update({"lr": -1}))
+    assert "`train.lr`" in msg and "greater than 0" in msg
+
+
+def test_wrong_type_names_key():
+    msg = _error_for(lambda r: r["frames"].update({"num_frames": "many"}))
+    assert "`frames.num_frames`" in msg and "'many'" in msg
+
+
+def test_dataset_section_validated_by_registry():
+    msg = _error_for(lambda r: r["data"]["synthetic"].update({"colours": 3}))
+    assert "data.synthetic.colours" in msg
+
+
+def test_unknown_dataset_and_variant():
+    assert "registered datasets" in _error_for(lambda r: r["data"].update({"nope": {}}))
+    assert "variant_defs" in _error_for(lambda r: r.update({"variants": ["meanP", "ghost"]}))
+
+
+def test_datasets_must_have_a_section():
+    msg = _error_for(lambda r: r.update({"datasets": ["synthetic", "other"]}))
+    assert "['other'] have no section under `data:`" in msg
+
+
+def test_cli_reports_schema_error_without_traceback(tmp_path):
+    raw = tiny_params_dict()
+    raw["frames"]["max_failed_fraction"] = 2
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mascot", "--params", str(params), "tables", "--metrics", "m", "--out", "o"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "frames.max_failed_fraction" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "absent.yaml")

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from mascot import retrieval_metrics, text_video_metrics
+from mascot.metrics import ranks
+
+
+def test_known_ranks_and_metrics():
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.0],  # correct (0) is best → rank 1
+            [0.5, 0.2, 0.7],  # correct (1) beaten by two → rank 3
+            [0.3, 0.4, 0.1],  # correct (2) beaten by two → rank 3
+        ]
+    )
+    np.testing.assert_array_equal(ranks(sim), [1, 3, 3])
+    m = retrieval_metrics(sim)
+    assert m["R1"] == pytest.approx(100 / 3)
+    assert m["R5"] == 100.0 and m["R10"] == 100.0
+    assert m["MdR"] == 3.0
+    assert m["MnR"] == pytest.approx(7 / 3)
+
+
+def test_ties_count_in_favour_of_the_query():
+    # Duplicate captions give identical rows; equal scores do not push the correct item down.
+    sim = np.array([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [0.1, 0.9, 0.2]])
+    np.testing.assert_array_equal(ranks(sim), [1, 1, 2])
+
+
+def test_explicit_targets_and_several_correct_candidates():
+    sim = np.array([[0.1, 0.8, 0.3], [0.9, 0.2, 0.4]])
+    np.testing.assert_array_equal(ranks(sim, np.array([2, 1])), [2, 3])
+    # Query 1 has two correct candidates (1 and 2): the better-scoring one (2, rank 2) counts.
+    np.testing.assert_array_equal(ranks(sim, [[2], [1, 2]]), [2, 2])
+
+
+def test_text_video_with_several_captions_per_video():
+    # 4 captions, 2 videos; captions 0,1 → video 0; captions 2,3 → video 1.
+    sim = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.5]])
+    out = text_video_metrics(sim, [0, 0, 1, 1])
+    assert out["t2v"]["R1"] == 50.0  # captions 0 and 2 right, 1 and 3 wrong
+    # video 0: best own caption 0 (0.9) is top → rank 1; video 1: best own caption 2 (0.7), caption 1 (0.8) above → rank 2
+    assert out["v2t"]["R1"] == 50.0 and out["v2t"]["MnR"] == 1.5
+
+
+def test_chunked_equals_unchunked():
+    rng = np.random.default_rng(0)
+    sim = rng.normal(size=(257, 100)).round(1)  # rounding creates many ties
+    targets = rng.integers(0, 100, size=257)
+    np.testing.assert_array_equal(ranks(sim, targets, chunk_size=7), ranks(sim, targets, chunk_size=10_000))
+
+
+def test_bad_targets_rejected():
+    with pytest.raises(ValueError):
+        ranks(np.zeros((2, 2)), np.array([0, 5]))
+    with pytest.raises(ValueError):
+        ranks(np.zeros((2, 2)), [[0], []])
+    with pytest.raises(ValueError):
+        ranks(np.zeros(3))

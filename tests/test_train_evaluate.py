@@ -1,0 +1,64 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mascot import evaluate, train
+from mascot.errors import MascotError
+from mascot.evaluate import load_checkpoint
+from mascot.features import FeatureStore
+
+
+def test_feature_cache_layout(tiny_features, tiny_params):
+    store = FeatureStore.open(tiny_features)
+    assert store.meta["trainable_blocks"] == tiny_params.train.trainable_blocks
+    tokens, mask = store.video_batch(store.videos("test"))
+    assert tokens.shape == (6, tiny_params.frames.num_frames, 17, 128)
+    assert (mask.sum(1) >= 1).all()
+    assert not tokens[~mask].any()  # padded frames were never encoded
+    assert store.shards[store.index["shard"][0]].dtype == np.float16
+    assert store.text_tokens.shape == (len(store.captions), tiny_params.features.max_words)
+
+
+def test_train_then_evaluate(tmp_path, tiny_features, tiny_params):
+    model_out, log_out, metrics_out = tmp_path / "m.pt", tmp_path / "log.csv", tmp_path / "metrics.json"
+    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"epochs": 2})})
+    train.run(params, tiny_features, "synthetic", "seqTransf", 0, model_out, log_out)
+    rows = list(csv.DictReader(log_out.open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    model, meta = load_checkpoint(model_out)
+    best = max(rows, key=lambda r: float(r["val_score"]))
+    assert meta["best_epoch"] == int(best["epoch"])
+
+    evaluate.run(params, tiny_features, model_out, metrics_out)
+    result = json.loads(metrics_out.read_text())
+    assert result["num_videos"] == 6 and result["num_captions"] == 12
+    for direction in ("t2v", "v2t"):
+        assert set(result[direction]) == {"R1", "R5", "R10", "MdR", "MnR"}
+        assert 0 <= result[direction]["R1"] <= result[direction]["R5"] <= result[direction]["R10"] <= 100
+    # the checkpoint is self-describing: weights-only loading rebuilds the same model
+    ckpt = torch.load(model_out, weights_only=True)
+    assert ckpt["meta"]["variant"]["temporal"] == "seqTransf"
+
+
+def test_training_learns_a_small_set(tmp_path, tiny_features, tiny_params):
+    """On a handful of pairs the model must be able to fit its training data."""
+    params = tiny_params.model_copy(
+        update={"train": tiny_params.train.model_copy(update={"epochs": 25, "batch_size": 8, "lr": 2e-3, "warmup_fraction": 0.0})}
+    )
+    model_out = tmp_path / "m.pt"
+    train.run(params, tiny_features, "synthetic", "meanP", 0, model_out, tmp_path / "log.csv")
+    model, _ = load_checkpoint(model_out)
+    store = FeatureStore.open(tiny_features)
+    result = evaluate.evaluate_split(model, store, "train", 64)
+    assert result["t2v"]["R5"] > 3 * 100 * 5 / 16  # far above chance (5 of 16 videos)
+
+
+def test_features_for_another_k_are_refused(tmp_path, tiny_features, tiny_params):
+    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"trainable_blocks": 1})})
+    with pytest.raises(MascotError, match="K=2"):
+        train.run(params, tiny_features, "synthetic", "meanP", 0, tmp_path / "m.pt", tmp_path / "l.csv")
+    assert not (tmp_path / "m.pt").exists()
