@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm import tqdm
 
 from ..annotations import normalize
 from . import DatasetConfig, DatasetSource, register
@@ -159,6 +162,24 @@ def caption(template: str, attrs: dict) -> str:
     )
 
 
+def _make_video(job: tuple[SyntheticConfig, int, str, Path]) -> dict:
+    """Render and encode video number `index`; return its annotation entry."""
+    cfg, index, split, video_dir = job
+    rng = np.random.default_rng([cfg.seed, index])
+    attrs = {
+        "colour": str(rng.choice(list(PALETTE))),
+        "shape": str(rng.choice(SHAPES)),
+        "size": str(rng.choice(list(SIZES))),
+        "motion": str(rng.choice(list(MOTIONS))),
+    }
+    n_frames = max(2, round(rng.uniform(cfg.min_seconds, cfg.max_seconds) * cfg.fps))
+    video_id = f"synth{index:05d}"
+    encode_mp4(render_video(rng, cfg, attrs, n_frames), video_dir / f"{video_id}.mp4", cfg.fps)
+    first = int(rng.integers(len(TEMPLATES)))
+    captions = [caption(TEMPLATES[(first + k) % len(TEMPLATES)], attrs) for k in range(cfg.captions_per_video)]
+    return {"video_id": video_id, "split": split, "num_frames": n_frames, "attributes": attrs, "captions": captions}
+
+
 @register
 class SyntheticDataset(DatasetSource):
     name = "synthetic"
@@ -169,27 +190,11 @@ class SyntheticDataset(DatasetSource):
         cfg = self.config
         video_dir = self.video_root(raw_dir)
         video_dir.mkdir(parents=True)
-        entries = []
-        index = 0
-        for split in ("train", "val", "test"):
-            for _ in range(getattr(cfg.videos, split)):
-                # One generator per video: any video can be regenerated alone, identically.
-                rng = np.random.default_rng([cfg.seed, index])
-                attrs = {
-                    "colour": str(rng.choice(list(PALETTE))),
-                    "shape": str(rng.choice(SHAPES)),
-                    "size": str(rng.choice(list(SIZES))),
-                    "motion": str(rng.choice(list(MOTIONS))),
-                }
-                n_frames = max(2, round(rng.uniform(cfg.min_seconds, cfg.max_seconds) * cfg.fps))
-                video_id = f"synth{index:05d}"
-                encode_mp4(render_video(rng, cfg, attrs, n_frames), video_dir / f"{video_id}.mp4", cfg.fps)
-                first = int(rng.integers(len(TEMPLATES)))
-                captions = [caption(TEMPLATES[(first + k) % len(TEMPLATES)], attrs) for k in range(cfg.captions_per_video)]
-                entries.append(
-                    {"video_id": video_id, "split": split, "num_frames": n_frames, "attributes": attrs, "captions": captions}
-                )
-                index += 1
+        splits = [split for split in ("train", "val", "test") for _ in range(getattr(cfg.videos, split))]
+        jobs = [(cfg, index, split, video_dir) for index, split in enumerate(splits)]
+        # Each video has its own generator, so the result does not depend on the number of workers.
+        with ProcessPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            entries = list(tqdm(pool.map(_make_video, jobs, chunksize=16), total=len(jobs), desc="synthetic", unit="video", disable=None))
         meta = {"fps": cfg.fps, "width": cfg.width, "height": cfg.height, "videos": entries}
         (Path(raw_dir) / self.ANNOTATION_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 

@@ -1,0 +1,74 @@
+# One Snakemake rule per resolved DVC stage, derived from dvc.yaml + params.yaml so that the two
+# engines cannot drift: same command, same inputs, same outputs. The stage's own parameter values
+# are passed as a rule param, so Snakemake's params rerun trigger sees the edits DVC sees.
+# Uses DVC's stage index (internal API; dvc is pinned in pyproject.toml).
+import json
+import re
+from pathlib import Path
+
+from dvc.dependency.param import ParamsDependency
+from dvc.repo import Repo
+
+
+def rule_name(address):
+    """`train@synthetic-meanP-0` → `train__synthetic_meanP_0` (Snakemake rule names are identifiers)."""
+    return re.sub(r"\W", "_", address.replace("@", "__"))
+
+
+def _is_dir(path):
+    # Directory outputs of this pipeline have no suffix (raw/, frames/, features/, tables/).
+    return Path(path).suffix == ""
+
+
+def resolved_stages(root):
+    stages = []
+    with Repo(root) as repo:
+        for stage in repo.index.stages:
+            params = {}
+            files = []
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):
+                    params.update(dep.read_params())
+                else:
+                    files.append(dep.def_path)
+            stages.append(
+                {
+                    "address": stage.addressing,
+                    "cmd": stage.cmd,
+                    "deps": files,
+                    "outs": [out.def_path for out in stage.outs],
+                    "params": json.dumps(params, sort_keys=True, default=str),
+                }
+            )
+    return stages
+
+
+def _inputs(deps, produced):
+    """A dependency on a folder that holds other stages' outputs becomes those outputs."""
+    inputs = []
+    for dep in deps:
+        inside = [o for o in produced if o != dep and o.startswith(dep.rstrip("/") + "/")]
+        inputs.extend(inside or [dep])
+    return inputs
+
+
+DVC_STAGES = resolved_stages(workflow.basedir)
+PRODUCED = [o for s in DVC_STAGES for o in s["outs"]]
+
+
+for _stage in DVC_STAGES:
+
+    rule:
+        name:
+            rule_name(_stage["address"])
+        input:
+            _inputs(_stage["deps"], PRODUCED),
+        output:
+            [directory(o) if _is_dir(o) else o for o in _stage["outs"]],
+        params:
+            cmd=_stage["cmd"],
+            dvc_params=_stage["params"],
+        conda:
+            "../envs/mascot.yaml"
+        shell:
+            "{params.cmd}"
