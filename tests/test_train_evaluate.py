@@ -62,3 +62,32 @@ def test_features_for_another_k_are_refused(tmp_path, tiny_features, tiny_params
     with pytest.raises(MascotError, match="K=2"):
         train.run(params, tiny_features, "synthetic", "meanP", 0, tmp_path / "m.pt", tmp_path / "l.csv")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_cached_tokens_continue_the_same_tower(tiny_features, tiny_frames, tiny_params):
+    """The features stage and the train stage build the same (random-init) CLIP: cached prefix +
+    trained top equals the whole tower on the frames."""
+    from mascot.clip_model import VisionTop, create_clip, normalization
+    from mascot.frames import open_frames
+
+    clip = create_clip(tiny_params.clip)
+    store = FeatureStore.open(tiny_features)
+    index, shards = open_frames(tiny_frames)
+    row = index.iloc[0]
+    frames = torch.from_numpy(np.array(shards[row["shard"]][row["row"], : row["num_valid"]])).permute(0, 3, 1, 2).float() / 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization(clip))
+    tokens, _ = store.video_batch(np.array([0]))
+    with torch.no_grad():
+        ours = VisionTop(clip.visual, tiny_params.train.trainable_blocks)(tokens[0, : row["num_valid"]])
+        ref = clip.encode_image((frames - mean) / std)
+    torch.testing.assert_close(ours, ref, atol=2e-2, rtol=2e-2)  # fp16 cache
+
+
+def test_training_is_deterministic(tmp_path, tiny_features, tiny_params):
+    for name in ("a", "b"):
+        train.run(tiny_params, tiny_features, "synthetic", "seqTransf", 3, tmp_path / f"{name}.pt", tmp_path / f"{name}.csv")
+    a = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a.csv").read_text().splitlines()[1].split(",")[:3] == (tmp_path / "b.csv").read_text().splitlines()[1].split(",")[:3]

@@ -52,7 +52,11 @@ def create_clip(cfg: ClipConfig) -> nn.Module:
     """Build the open_clip model named in `clip:` (weights per `clip.pretrained`), in eval mode."""
     model_config(cfg.model)
     try:
-        model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir)
+        # Random weights must be the same in every stage that builds the model (the cached bottom
+        # blocks and the trained top blocks are one tower), and must not disturb the caller's RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir)
     except Exception as exc:
         raise MascotError(
             f"Cannot load weights `clip.pretrained: {cfg.pretrained}` for `clip.model: {cfg.model}` ({exc}). "

@@ -35,6 +35,9 @@ class ClipConfig(Section):
         description="open_clip pretrained tag (needs the network once), a local checkpoint file, or null for random weights",
     )
     cache_dir: str | None = Field(None, description="where pretrained weights are cached (default: $HF_HOME)")
+    init_seed: int = Field(
+        0, description="seed of the random weights when pretrained is null (the features and train stages must build the same model)"
+    )
 
 
 class FramesConfig(Section):

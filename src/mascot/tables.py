@@ -20,6 +20,7 @@ from .metrics import METRICS
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"t2v": "Text→Video", "v2t": "Video→Text"}
+SHORT = {"t2v": "T→V", "v2t": "V→T"}
 
 
 def collect(metrics_dir: Path) -> pd.DataFrame:
@@ -65,7 +66,8 @@ def display_table(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
 
 
 def to_markdown(dataset: str, shown: pd.DataFrame, test_videos: int) -> str:
-    header = ["Method", "Seeds"] + [f"{'T→V' if d == DIRECTIONS['t2v'] else 'V→T'} {m}" for d, m in shown.columns[2:]]
+    """A GitHub table with one header row (Markdown has no column groups)."""
+    header = ["Method", "Seeds"] + [f"{SHORT[d]} {m}" for d in DIRECTIONS for m in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
     note = (
