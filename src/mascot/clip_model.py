@@ -9,6 +9,7 @@ file, or null (random weights).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -112,8 +113,37 @@ class VisionPrefix(nn.Module):
         return self.blocks(self.visual._embeds(images))
 
 
+@dataclass
+class TowerOutput:
+    """What the top of the tower gives for n frames (P = patches kept, N = all patches)."""
+
+    embedding: torch.Tensor  # (n, D): proj(ln_post(CLS)), the frame embedding
+    patches: torch.Tensor  # (n, P, width): ln_post of the kept patch tokens, in the order of `keep`
+    cls_attention: torch.Tensor | None  # (n, P): last block's head-averaged CLS→patch attention
+
+
+def block_with_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One open_clip ResidualAttentionBlock on batch-first x, also returning its head-averaged
+    attention weights, from the same forward pass (open_clip itself never asks for them)."""
+    if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention) or hasattr(block, "ln_1_kv"):
+        raise ConfigError(f"{type(block).__name__}: CLS attention needs open_clip's ResidualAttentionBlock (nn.MultiheadAttention).")
+    h = block.ln_1(x)
+    if not block.attn.batch_first:
+        h = h.transpose(0, 1)
+    out, weights = block.attn(h, h, h, need_weights=True, average_attn_weights=True)
+    if not block.attn.batch_first:
+        out = out.transpose(0, 1)
+    x = x + block.ls_1(out)
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, weights
+
+
 class VisionTop(nn.Module):
-    """The trainable top K blocks, ln_post and proj: cached tokens → frame embeddings (CLS)."""
+    """The trainable top K blocks, ln_post and proj, run on cached tokens.
+
+    `run` drops patch tokens per frame (MASCOT's masked views are encoded by dropping, method.md
+    §2.2) and can return the last block's CLS→patch attention of the same pass.
+    """
 
     def __init__(self, visual: nn.Module, trainable_blocks: int):
         super().__init__()
@@ -123,11 +153,38 @@ class VisionTop(nn.Module):
         self.blocks = _Blocks(blocks[len(blocks) - trainable_blocks :], visual.transformer.batch_first)
         self.ln_post = visual.ln_post
         self.proj = visual.proj
+        # Frozen patch position embeddings (no CLS; part of the cached prefix): the ISC decoder's
+        # queries use them to say *where* a masked patch was.
+        self.register_buffer("patch_positions", visual.positional_embedding[1:].detach().clone(), persistent=False)
+
+    @property
+    def width(self) -> int:
+        return self.ln_post.normalized_shape[0]
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.proj if self.proj is not None else x
+
+    def run(self, tokens: torch.Tensor, keep: torch.Tensor | None = None, attention: bool = False) -> TowerOutput:
+        """Tokens (n, 1 + N, width) at the input of block L - K → TowerOutput.
+
+        keep: (n, P) indices in [0, N) of the patches that go on (the CLS token always does);
+        None keeps all. attention: also return the last block's CLS→patch attention.
+        """
+        if keep is not None:
+            index = keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]) + 1
+            tokens = torch.cat([tokens[:, :1], torch.gather(tokens, 1, index)], dim=1)
+        weights = None
+        if attention:
+            *head, last = self.blocks.blocks
+            x, weights = block_with_attention(last, _Blocks(head, self.blocks.batch_first)(tokens))
+            weights = weights[:, 0, 1:]
+        else:
+            x = self.blocks(tokens)
+        x = self.ln_post(x)
+        return TowerOutput(self.project(x[:, 0]), x[:, 1:], weights)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.ln_post(self.blocks(tokens))
-        cls = x[:, 0]
-        return cls @ self.proj if self.proj is not None else cls
+        return self.run(tokens).embedding
 
 
 class TextEncoder(nn.Module):

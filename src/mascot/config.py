@@ -72,10 +72,44 @@ class TrainConfig(Section):
     )
 
 
+class MaskConfig(Section):
+    """Attention-based masking (method.md §2.2; the defaults are our design choices)."""
+
+    ratio: float = Field(0.5, gt=0, lt=1, description="fraction of each frame's patches under each mask (ceil(ratio * N))")
+    score: Literal["cls_attn", "text_sim", "random"] = Field(
+        "cls_attn",
+        description="patch score: last-block CLS attention, cosine with the caption feature, or random (ablation)",
+    )
+
+
+class IscConfig(Section):
+    """Informed Semantics Completion (method.md §2.3)."""
+
+    weight: float = Field(1.0, ge=0, description="lambda_isc; 0 switches reconstruction off")
+    views: Literal["high", "both"] = Field(
+        "high", description="masked views reconstructed: high only (emphasis shift, paper) or both (ablation)"
+    )
+    layers: int = Field(2, ge=1, description="decoder blocks")
+    heads: int = Field(8, ge=1, description="decoder attention heads (must divide the vision width)")
+
+
+class DualConfig(Section):
+    """Dual-mask co-learning (method.md §2.4)."""
+
+    weight: float = Field(0.5, ge=0, description="lambda_dual: weight of the masked views' InfoNCE (mean of both)")
+    kl_weight: float = Field(0.5, ge=0, description="lambda_kl: weight of the KL between the views' similarity distributions")
+    anchor: Literal["full", "none"] = Field(
+        "full", description="full: both views are also pulled to the stop-gradient distribution of the unmasked view"
+    )
+
+
 class VariantConfig(Section):
     temporal: Literal["meanP", "seqTransf"] = Field(description="temporal module of method.md section 2.1")
     temporal_layers: int = Field(4, ge=1, description="transformer layers of seqTransf")
     label: str | None = Field(None, description="row label in the tables (default: the variant name)")
+    mask: MaskConfig | None = Field(None, description="null: the base model (no masked views); set: MASCOT's training")
+    isc: IscConfig = IscConfig()
+    dual: DualConfig = DualConfig()
 
 
 class EvaluateConfig(Section):
@@ -92,6 +126,9 @@ class Params(Section):
     features: FeaturesConfig
     train: TrainConfig
     variant_defs: dict[str, VariantConfig]
+    tables: dict[str, list[str]] = Field(
+        description="table name → variants shown as its rows (main, ablation, sweeps), written per dataset"
+    )
     evaluate: EvaluateConfig
 
     @field_validator("datasets", "variants", "seeds")
@@ -110,6 +147,10 @@ class Params(Section):
         unknown = [v for v in self.variants if v not in self.variant_defs]
         if unknown:
             raise ValueError(f"variants {unknown} are not defined under `variant_defs:` ({sorted(self.variant_defs)})")
+        for table, rows in self.tables.items():
+            unknown = [v for v in rows if v not in self.variant_defs]
+            if unknown:
+                raise ValueError(f"tables.{table} lists {unknown}, which are not defined under `variant_defs:`")
         return self
 
     def dataset(self, name: str):

@@ -93,16 +93,19 @@ class RetrievalModel(nn.Module):
         self.logit_scale = clip.logit_scale
         self.logit_scale_max = logit_scale_max
 
-    def frame_embeddings(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cached tokens (B, T, 1+N, W) → frame embeddings (B, T, D); padded frames are not computed."""
+    def pool(self, frame_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings (n, D) of the valid frames (mask (B, T) True, in order) → video embeddings (B, D)."""
         b, t = mask.shape
-        valid = self.vision(tokens[mask])
-        out = valid.new_zeros(b, t, valid.shape[-1])
-        out[mask] = valid
-        return out
+        frames = frame_embeddings.new_zeros(b, t, frame_embeddings.shape[-1])
+        frames[mask] = frame_embeddings
+        return F.normalize(self.temporal(frames, mask), dim=-1)
 
     def encode_video(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.temporal(self.frame_embeddings(tokens, mask), mask), dim=-1)
+        """Cached tokens (B, T, 1+N, W) → video embeddings; padded frames are not computed.
+
+        This is inference for every variant: MASCOT masks only during training (method.md §2.5).
+        """
+        return self.pool(self.vision(tokens[mask]), mask)
 
     def encode_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(text_tokens), dim=-1)
@@ -118,8 +121,13 @@ class RetrievalModel(nn.Module):
         """Parameters that are not CLIP's own (CLIP4Clip trains them at the full learning rate)."""
         return name.startswith("temporal.")
 
+
+def contrastive(logits: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of a (text × video) logit matrix whose pair i ↔ i is the positive."""
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
 def infonce(text: torch.Tensor, video: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over the in-batch similarity matrix (pair i ↔ i)."""
-    logits = scale * text @ video.t()
-    target = torch.arange(len(text), device=text.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    return contrastive(scale * text @ video.t())

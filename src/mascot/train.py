@@ -23,7 +23,8 @@ from .config import Params, TrainConfig
 from .errors import MascotError
 from .evaluate import evaluate_split, save_checkpoint
 from .features import FeatureStore
-from .model import RetrievalModel, infonce
+from .model import RetrievalModel
+from .objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def optimizer_for(model: RetrievalModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+def optimizer_for(model: RetrievalModel | Objective, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; CLIP weights at lr × clip_lr_scale, new modules at lr; no decay on biases, norms, scales."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
@@ -67,7 +68,9 @@ def selection_score(metrics: dict, name: str) -> float:
 
 
 # No wall-clock column: the log is tracked in git and must be identical when a run is reproduced.
-LOG_FIELDS = ("epoch", "step", "loss", "lr", "val_t2v_R1", "val_v2t_R1", "val_score")
+# Loss terms are logged unweighted; the ones a variant does not use stay empty.
+TERMS = ("nce", "nce_masked", "kl", "isc")
+LOG_FIELDS = ("epoch", "step", "loss", *TERMS, "lr", "val_t2v_R1", "val_v2t_R1", "val_score")
 
 
 def run(params: Params, features_dir: Path, dataset: str, variant_name: str, seed: int, model_out: Path, log_out: Path) -> None:
@@ -85,8 +88,8 @@ def run(params: Params, features_dir: Path, dataset: str, variant_name: str, see
 
     seed_everything(seed)
     model = RetrievalModel(create_clip(params.clip), cfg.trainable_blocks, variant, store.meta["num_frames"], cfg.logit_scale_max)
-    model.train()
-    optimizer = optimizer_for(model, cfg)
+    objective = Objective(model, variant).train()
+    optimizer = optimizer_for(objective, cfg)
     batch = min(cfg.batch_size, len(train_rows))
     steps_per_epoch = len(train_rows) // batch
     scheduler = cosine_with_warmup(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_fraction)
@@ -95,22 +98,24 @@ def run(params: Params, features_dir: Path, dataset: str, variant_name: str, see
 
     log_rows, best, best_state, step = [], -math.inf, None, 0
     for epoch in range(1, cfg.epochs + 1):
-        start, losses = time.perf_counter(), []
+        start, sums = time.perf_counter(), {}
         order = generator.permutation(train_rows)
         bar = tqdm(range(steps_per_epoch), desc=f"train {dataset}/{variant_name} epoch {epoch}", disable=None)
         for i in bar:
             rows = order[i * batch : (i + 1) * batch]
             tokens, mask = store.video_batch(caption_video[rows])
-            loss = infonce(model.encode_text(store.text_batch(rows)), model.encode_video(tokens, mask), model.scale())
+            terms = objective.step(tokens, mask, store.text_batch(rows)).terms
+            loss = terms["loss"]
             if not torch.isfinite(loss):
                 raise MascotError(f"train {dataset}/{variant_name}: the loss became {loss.item()} at step {step}; lower train.lr.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             model.clamp_logit_scale()
-            losses.append(loss.item())
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.item()
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
         val = evaluate_split(model, store, "val", params.evaluate.batch_size)
@@ -119,7 +124,7 @@ def run(params: Params, features_dir: Path, dataset: str, variant_name: str, see
             {
                 "epoch": epoch,
                 "step": step,
-                "loss": round(float(np.mean(losses)), 6),
+                **{name: round(sums[name] / steps_per_epoch, 6) if name in sums else "" for name in ("loss", *TERMS)},
                 "lr": optimizer.param_groups[0]["lr"],
                 "val_t2v_R1": round(val["t2v"]["R1"], 4),
                 "val_v2t_R1": round(val["v2t"]["R1"], 4),

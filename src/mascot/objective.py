@@ -1,0 +1,120 @@
+"""The training objective of a variant (method.md §2.5), and the training-only heads it owns.
+
+  L = L_nce(full) + λ_dual · (L_nce(v_h) + L_nce(v_l)) / 2 + λ_kl · L_kl + λ_isc · L_isc
+
+A variant without `mask` is the base model: L = L_nce(full). In eval mode nothing is masked and
+only L_nce(full) is computed, so validation losses and inference are the base model's.
+The ISC decoder lives here, not in the retrieval model: checkpoints hold only what inference uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clip_model import TowerOutput
+from .config import VariantConfig
+from .isc import ISCDecoder, completion_loss
+from .masking import InformedMasks, informed_masks, patch_scores
+from .model import RetrievalModel, contrastive
+
+VIEWS = ("high", "low")
+
+
+def distribution_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(target) ‖ softmax(logits)), averaged over the text→video rows and the
+    video→text columns; the target side carries no gradient."""
+    target_logits = target_logits.detach()
+
+    def kl(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), log_target=True, reduction="batchmean")
+
+    return (kl(target_logits, logits) + kl(target_logits.t(), logits.t())) / 2
+
+
+def dual_kl(logits: dict[str, torch.Tensor], anchor: str) -> torch.Tensor:
+    """The two masked views teach each other (symmetric KL); with anchor `full` both are also
+    pulled towards the unmasked view's distribution, which receives no gradient."""
+    loss = (distribution_kl(logits["high"], logits["low"]) + distribution_kl(logits["low"], logits["high"])) / 2
+    if anchor == "full":
+        loss = loss + (distribution_kl(logits["full"], logits["high"]) + distribution_kl(logits["full"], logits["low"])) / 2
+    return loss
+
+
+@dataclass
+class Step:
+    """One batch's loss terms (unweighted, plus the weighted total `loss`) and what produced them."""
+
+    terms: dict[str, torch.Tensor]
+    views: dict[str, TowerOutput]
+    masks: InformedMasks | None
+
+
+class Objective(nn.Module):
+    def __init__(self, model: RetrievalModel, variant: VariantConfig):
+        super().__init__()
+        self.model = model
+        self.variant = variant
+        masking = variant.mask is not None
+        self.decoder = ISCDecoder(variant.isc, model.vision.width, model.text.width) if masking and variant.isc.weight > 0 else None
+
+    def is_new_module(self, name: str) -> bool:
+        """Heads that are not CLIP's (the temporal module, the ISC decoder) train at the full lr."""
+        return self.model.is_new_module(name.removeprefix("model.")) if name.startswith("model.") else True
+
+    def forward(self, tokens: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+        return self.step(tokens, frame_mask, text_tokens).terms["loss"]
+
+    def step(self, tokens: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor) -> Step:
+        """tokens (B, T, 1+N, W) cached, frame_mask (B, T), text_tokens (B, L): pair i is video i, caption i."""
+        model, cfg = self.model, self.variant
+        masking = self.training and cfg.mask is not None
+        valid = tokens[frame_mask]
+        full = model.vision.run(valid, attention=masking and cfg.mask.score == "cls_attn")
+        text_feature, text_states = model.text(text_tokens, return_tokens=True)
+        text = F.normalize(text_feature, dim=-1)
+        scale = model.scale()
+        logits = {"full": scale * text @ model.pool(full.embedding, frame_mask).t()}
+        terms = {"nce": contrastive(logits["full"])}
+        views = {"full": full}
+        if not masking:
+            return Step({**terms, "loss": terms["nce"]}, views, None)
+
+        frame_video = frame_mask.nonzero()[:, 0]  # the batch row (video, caption) of each valid frame
+        patch_features = model.vision.project(full.patches) if cfg.mask.score == "text_sim" else full.patches
+        masks = informed_masks(patch_scores(cfg.mask, full.cls_attention, patch_features, text[frame_video]), cfg.mask.ratio)
+        for name in VIEWS:
+            views[name] = model.vision.run(valid, keep=masks.view(name).visible)
+            logits[name] = scale * text @ model.pool(views[name].embedding, frame_mask).t()
+        terms["nce_masked"] = (contrastive(logits["high"]) + contrastive(logits["low"])) / 2
+        terms["kl"] = dual_kl(logits, cfg.dual.anchor)
+        loss = terms["nce"] + cfg.dual.weight * terms["nce_masked"] + cfg.dual.kl_weight * terms["kl"]
+        if self.decoder is not None:
+            terms["isc"] = self.completion(views, masks, text_tokens, text_states, frame_video)
+            loss = loss + cfg.isc.weight * terms["isc"]
+        return Step({**terms, "loss": loss}, views, masks)
+
+    def completion(
+        self,
+        views: dict[str, TowerOutput],
+        masks: InformedMasks,
+        text_tokens: torch.Tensor,
+        text_states: torch.Tensor,
+        frame_video: torch.Tensor,
+    ) -> torch.Tensor:
+        """L_isc over the masked positions of the reconstructed views (`isc.views`); the targets
+        are the unmasked view's patches (`views["full"]`), without gradient."""
+        full = views["full"]
+        positions = self.model.vision.patch_positions
+        text_valid = torch.arange(text_tokens.shape[1], device=text_tokens.device) <= text_tokens.argmax(dim=-1, keepdim=True)
+        text = self.decoder.text_proj(text_states)[frame_video]
+        losses = []
+        for name in ("high",) if self.variant.isc.views == "high" else VIEWS:
+            masked = masks.view(name).masked
+            prediction = self.decoder(views[name].patches, masked, positions, text, text_valid[frame_video])
+            target = torch.gather(full.patches, 1, masked.unsqueeze(-1).expand(-1, -1, full.patches.shape[-1]))
+            losses.append(completion_loss(prediction, target))
+        return torch.stack(losses).mean()
