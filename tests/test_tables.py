@@ -1,39 +1,89 @@
 import json
 
 import pandas as pd
+import pytest
 
 from mascot import tables
+from mascot.errors import MascotError
+from mascot.published import load_published
+
+from .conftest import REPO
 
 
-def _write(metrics_dir, variant, seed, r1):
+def _write(metrics_dir, variant, seed, r1, dataset="synthetic"):
     values = {"R1": r1, "R5": r1 + 10, "R10": r1 + 20, "MdR": 3.0, "MnR": 5.5}
-    data = {"dataset": "synthetic", "variant_name": variant, "seed": seed, "num_videos": 48, "t2v": values, "v2t": values}
-    path = metrics_dir / "synthetic" / f"{variant}-seed{seed}.json"
+    data = {"dataset": dataset, "variant_name": variant, "seed": seed, "num_videos": 48, "t2v": values, "v2t": values}
+    path = metrics_dir / dataset / f"{variant}-seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
 
 
-def test_tables_mean_std_and_order(tmp_path, tiny_params):
+def _params(tiny_params, **update):
+    return tiny_params.model_copy(update={"seeds": [0, 1], "variants": ["meanP", "seqTransf", "mascot", "random_masks"]} | update)
+
+
+def test_tables_mean_std_order_and_layout(tmp_path, tiny_params):
     metrics = tmp_path / "metrics"
     _write(metrics, "seqTransf", 0, 40.0)
     _write(metrics, "meanP", 0, 30.0)
     _write(metrics, "meanP", 1, 34.0)
+    _write(metrics, "mascot", 0, 50.0)
+    _write(metrics, "random_masks", 0, 45.0)
+    _write(metrics, "meanP", 7, 99.0)  # a seed that is no longer configured: stale, left out
+    _write(metrics, "isc_both", 0, 99.0)  # a variant that is not in `variants`: left out
     out = tmp_path / "tables"
-    tables.run(tiny_params, metrics, out)
-    assert sorted(p.name for p in out.iterdir()) == ["synthetic.csv", "synthetic.md", "synthetic.tex"]
-    md = (out / "synthetic.md").read_text()
-    lines = [l for l in md.splitlines() if l.startswith("| CLIP4Clip")]
-    assert lines[0].startswith("| CLIP4Clip-meanP") and "32.0 ± 2.8" in lines[0] and "| 2 |" in lines[0]
-    assert lines[1].startswith("| CLIP4Clip-seqTransf") and "40.0" in lines[1]
-    csv = pd.read_csv(out / "synthetic.csv")
+    tables.run(_params(tiny_params), metrics, out)
+    # ablation, main and both sweeps have at least one run; one folder per dataset
+    assert sorted(p.name for p in (out / "synthetic").iterdir()) == sorted(
+        f"{t}.{ext}" for t in ("main", "ablation", "mask_ratio", "mask_score") for ext in ("md", "csv", "tex")
+    )
+    md = (out / "synthetic" / "main.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
+    assert [r.split(" | ")[0] for r in rows] == ["| CLIP4Clip-meanP (baseline)", "| CLIP4Clip-seqTransf (baseline)", "| MASCOT (meanP)"]
+    assert "32.0 ± 2.8" in rows[0] and "| 2 |" in rows[0] and "99.0" not in md
+    ablation = (out / "synthetic" / "ablation.md").read_text()
+    assert ablation.index("CLIP4Clip-meanP") < ablation.index("+ random masks") < ablation.index("MASCOT (meanP)")
+    csv = pd.read_csv(out / "synthetic" / "main.csv")
     assert csv.loc[0, "t2v_R1"] == 32.0 and csv.loc[0, "seeds"] == 2
-    assert r"$\pm$" in (out / "synthetic.tex").read_text()
+    assert r"$\pm$" in (out / "synthetic" / "main.tex").read_text()
+    assert "Published" not in md  # the synthetic dataset has no published results
+
+
+def test_main_table_of_a_real_dataset_shows_published_rows_apart(tmp_path, tiny_params):
+    metrics = tmp_path / "metrics"
+    _write(metrics, "meanP", 0, 30.0, dataset="msrvtt")
+    params = _params(tiny_params, datasets=["msrvtt"])
+    out = tmp_path / "tables"
+    tables.run(params, metrics, out, REPO / "references" / "published.yaml")
+    md = (out / "msrvtt" / "main.md").read_text()
+    lines = md.splitlines()
+    separator = next(i for i, line in enumerate(lines) if "Published (not measured here)" in line)
+    measured = next(i for i, line in enumerate(lines) if line.startswith("| CLIP4Clip-meanP"))
+    assert measured < separator
+    clip4clip = next(line for line in lines[separator:] if line.startswith("| CLIP4Clip (seqTransf) (ViT-B/32)"))
+    assert "| published | 44.5 |" in clip4clip
+    mascot = next(line for line in lines[separator:] if line.startswith("| MASCOT (ViT-B/32)"))
+    assert tables.NOT_TRANSCRIBED in mascot and not any(ch.isdigit() for ch in mascot.split("|", 2)[2].replace("B/32", ""))
+    assert "Luo et al., CLIP4Clip" in md and "Fang et al., MASCOT" in md  # every published value has its source
+    tex = (out / "msrvtt" / "main.tex").read_text()
+    assert "Published (not measured here)" in tex and "44.5" in tex
+    assert "Published" not in (out / "msrvtt" / "ablation.md").read_text()
+
+
+def test_published_reference_file_is_valid_and_strict(tmp_path):
+    rows = load_published(REPO / "references" / "published.yaml")
+    assert {"msrvtt", "lsmdc", "activitynet", "didemo"} <= set(rows)
+    assert all(r.source for rs in rows.values() for r in rs)
+    assert any(r.method == "MASCOT" and not r.transcribed for r in rows["lsmdc"])
+    bad = tmp_path / "published.yaml"
+    bad.write_text("msrvtt:\n  - {method: X, backbone: ViT-B/32, t2v: {R1: 40.0}}\n")
+    with pytest.raises(MascotError, match=r"published.yaml: entry 0 of `msrvtt`.*source"):
+        load_published(bad)
+    bad.write_text("msrvtt:\n  - {method: X, backbone: B, source: s, transcribed: false, t2v: {R1: 40.0}}\n")
+    with pytest.raises(MascotError, match="transcribed"):
+        load_published(bad)
 
 
 def test_tables_without_metrics_fail(tmp_path, tiny_params):
-    import pytest
-
-    from mascot.errors import MascotError
-
     with pytest.raises(MascotError, match="no metrics"):
         tables.run(tiny_params, tmp_path, tmp_path / "out")

@@ -63,7 +63,7 @@ def _evaluate(args, params):
 def _tables(args, params):
     from . import tables
 
-    tables.run(params, args.metrics, args.out)
+    tables.run(params, args.metrics, args.out, args.published)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("tables", _tables, "Markdown, CSV and LaTeX tables from all metrics files.")
     p.add_argument("--metrics", type=Path, required=True, help="folder of metrics JSON files")
     p.add_argument("--out", type=Path, required=True, help="tables folder to create")
+    p.add_argument("--published", type=Path, default=None, help="reference file of published results (references/published.yaml)")
     return parser
 
 

@@ -1,8 +1,12 @@
-"""The tables stage: the paper's layout, per dataset, from every metrics JSON of the runs.
+"""The tables stage: per dataset, one table per entry of `tables:` in params.yaml (main, ablation,
+sweeps), from every metrics JSON of the current runs.
 
-Rows are methods/variants, columns both directions' R@1/R@5/R@10/MdR/MnR; each cell is the mean
-over seeds, with ± the sample standard deviation when there are several. Every number is read from
-a metrics file written by the evaluate stage.
+Rows are variants, columns both directions' R@1/R@5/R@10/MdR/MnR; each cell is the mean over seeds,
+with ± the sample standard deviation when there are several. Measured numbers are read from the
+evaluate stage's metrics files; the main table of a real dataset also shows published rows from the
+reference file (references/published.yaml), below a separator and with their sources.
+
+Layout: results/tables/<dataset>/<table>.{md,csv,tex}
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ from .atomic import atomic_dir
 from .config import Params
 from .errors import MascotError
 from .metrics import METRICS
+from .published import PublishedRow, load_published
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"t2v": "Text→Video", "v2t": "Video→Text"}
 SHORT = {"t2v": "T→V", "v2t": "V→T"}
+VALUE_COLUMNS = [f"{d}_{m}" for d in DIRECTIONS for m in METRICS]
+MAIN_TABLE = "main"  # the table that also shows published rows
+NOT_TRANSCRIBED = "not yet transcribed"
 
 
 def collect(metrics_dir: Path) -> pd.DataFrame:
@@ -37,11 +45,19 @@ def collect(metrics_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def current_runs(runs: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Only runs of the datasets, variants and seeds that params.yaml asks for (stale metrics files
+    of removed variants or seeds stay on disk but never reach a table)."""
+    if runs.empty:
+        return runs
+    keep = runs["dataset"].isin(params.datasets) & runs["variant"].isin(params.variants) & runs["seed"].isin(params.seeds)
+    return runs[keep]
+
+
 def aggregate(runs: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:
-    """Mean, std and seed count per (dataset, variant), variants in the order of params.yaml."""
-    value_cols = [f"{d}_{m}" for d in DIRECTIONS for m in METRICS]
+    """Mean, std and seed count per (dataset, variant), variants in the given order."""
     grouped = runs.groupby(["dataset", "variant"])
-    table = grouped[value_cols].mean().join(grouped[value_cols].std(ddof=1).add_suffix("_std"))
+    table = grouped[VALUE_COLUMNS].mean().join(grouped[VALUE_COLUMNS].std(ddof=1).add_suffix("_std"))
     table["seeds"] = grouped.size()
     table["test_videos"] = grouped["test_videos"].first()
     order = {v: i for i, v in enumerate(variant_order)}
@@ -54,40 +70,80 @@ def _cell(mean: float, std: float, seeds: int) -> str:
     return f"{mean:.1f}" if seeds < 2 or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
 
 
-def display_table(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """Formatted cells with two-level (direction, metric) columns."""
-    columns = pd.MultiIndex.from_tuples([("", "Method"), ("", "Seeds")] + [(DIRECTIONS[d], m) for d in DIRECTIONS for m in METRICS])
+def measured_rows(table: pd.DataFrame, labels: dict[str, str]) -> list[list[str]]:
     rows = []
     for r in table.itertuples(index=False):
         r = r._asdict()
-        cells = [_cell(r[f"{d}_{m}"], r[f"{d}_{m}_std"], r["seeds"]) for d in DIRECTIONS for m in METRICS]
+        cells = [_cell(r[c], r[f"{c}_std"], r["seeds"]) for c in VALUE_COLUMNS]
         rows.append([labels.get(r["variant"], r["variant"]), str(r["seeds"])] + cells)
-    return pd.DataFrame(rows, columns=columns)
+    return rows
 
 
-def to_markdown(dataset: str, shown: pd.DataFrame, test_videos: int) -> str:
-    """A GitHub table with one header row (Markdown has no column groups)."""
+def published_rows(rows: list[PublishedRow]) -> tuple[list[list[str]], list[str]]:
+    """Formatted published rows (method [n] (backbone), 'published', values) and their footnotes."""
+    sources: list[str] = []
+    out = []
+    for row in rows:
+        if row.source not in sources:
+            sources.append(row.source)
+        label = f"{row.method} ({row.backbone}) [{sources.index(row.source) + 1}]"
+        if not row.transcribed:
+            cells = [NOT_TRANSCRIBED] * len(VALUE_COLUMNS)
+        else:
+            cells = ["–" if row.value(d, m) is None else f"{row.value(d, m):.1f}" for d in DIRECTIONS for m in METRICS]
+        out.append([label, "published"] + cells)
+    return out, [f"[{i}] {s}" for i, s in enumerate(sources, 1)]
+
+
+def to_markdown(title: str, measured: list[list[str]], published: list[list[str]], notes: list[str], test_videos: int) -> str:
+    """A GitHub table with one header row (Markdown has no column groups); published rows follow
+    a separator row."""
     header = ["Method", "Seeds"] + [f"{SHORT[d]} {m}" for d in DIRECTIONS for m in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
-    note = (
-        f"Measured by this pipeline on the `{dataset}` test split ({test_videos} videos); R@k in %, MdR/MnR ranks "
+    lines += ["| " + " | ".join(row) + " |" for row in measured]
+    if published:
+        lines.append("| **Published (not measured here)** |" + " |" * (len(header) - 1))
+        lines += ["| " + " | ".join(row) + " |" for row in published]
+    intro = (
+        f"Measured rows: this pipeline on the test split ({test_videos} videos); R@k in %, MdR/MnR ranks "
         "(lower is better); mean ± std over seeds. No post-processing (DSL, QB-Norm)."
     )
-    return f"# {dataset}\n\n{note}\n\n" + "\n".join(lines) + "\n"
+    footer = ("\n\nPublished rows are read from references/published.yaml, not measured here:\n\n" + "\n".join(f"- {n}" for n in notes)) if notes else ""
+    return f"# {title}\n\n{intro}\n\n" + "\n".join(lines) + footer + "\n"
 
 
-def run(params: Params, metrics_dir: Path, out: Path) -> None:
-    runs = collect(metrics_dir)
+def to_latex(measured: list[list[str]], published: list[list[str]], notes: list[str]) -> str:
+    columns = pd.MultiIndex.from_tuples([("", "Method"), ("", "Seeds")] + [(DIRECTIONS[d], m) for d in DIRECTIONS for m in METRICS])
+    body = pd.DataFrame(measured, columns=columns).to_latex(index=False, escape=True, column_format="ll" + "r" * len(VALUE_COLUMNS), multicolumn_format="c")
+    if published:
+        extra = pd.DataFrame(published, columns=columns).to_latex(index=False, escape=True, header=False)
+        rows = extra.split(r"\midrule")[-1].split(r"\bottomrule")[0]
+        rule = r"\midrule" + "\n" + rf"\multicolumn{{{len(columns)}}}{{l}}{{\emph{{Published (not measured here)}}}} \\" + "\n"
+        body = body.replace(r"\bottomrule", rule + rows.strip("\n") + "\n" + r"\bottomrule")
+        body += "".join(f"% {n}\n" for n in notes)
+    return body.replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
+
+
+def run(params: Params, metrics_dir: Path, out: Path, published_path: Path | None = None) -> None:
+    runs = current_runs(collect(metrics_dir), params)
     if runs.empty:
-        raise MascotError(f"{metrics_dir}: no metrics files found; run the evaluate stage first.")
-    table = aggregate(runs, list(params.variants))
+        raise MascotError(f"{metrics_dir}: no metrics files of the configured runs found; run the evaluate stage first.")
+    published = load_published(published_path) if published_path else {}
     labels = {name: v.label or name for name, v in params.variant_defs.items()}
+    written = 0
     with atomic_dir(out) as tmp:
-        for dataset, part in table.groupby("dataset", sort=True):
-            shown = display_table(part, labels)
-            (tmp / f"{dataset}.md").write_text(to_markdown(dataset, shown, int(part["test_videos"].max())))
-            part.drop(columns="dataset").to_csv(tmp / f"{dataset}.csv", index=False, float_format="%.4f")
-            latex = shown.to_latex(index=False, escape=True, column_format="ll" + "r" * (len(shown.columns) - 2), multicolumn_format="c")
-            (tmp / f"{dataset}.tex").write_text(latex.replace("±", r"$\pm$").replace("→", r"$\rightarrow$"))
-    log.info("tables: %d datasets → %s", table["dataset"].nunique(), out)
+        for dataset, dataset_runs in runs.groupby("dataset", sort=True):
+            for name, variants in params.tables.items():
+                part = aggregate(dataset_runs[dataset_runs["variant"].isin(variants)], variants)
+                if part.empty:
+                    continue
+                measured = measured_rows(part, labels)
+                extra, notes = published_rows(published.get(dataset, [])) if name == MAIN_TABLE else ([], [])
+                folder = tmp / dataset
+                folder.mkdir(exist_ok=True)
+                videos = int(part["test_videos"].max())
+                (folder / f"{name}.md").write_text(to_markdown(f"{dataset}: {name}", measured, extra, notes, videos))
+                part.drop(columns="dataset").to_csv(folder / f"{name}.csv", index=False, float_format="%.4f")
+                (folder / f"{name}.tex").write_text(to_latex(measured, extra, notes))
+                written += 1
+    log.info("tables: %d tables for %d datasets → %s", written, runs["dataset"].nunique(), out)
