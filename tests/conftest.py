@@ -23,6 +23,7 @@ def tiny_params_dict() -> dict:
     raw["frames"]["num_frames"] = 4
     raw["frames"]["shard_size"] = 10
     raw["train"].update({"epochs": 1, "batch_size": 8})
+    raw["variants"], raw["seeds"] = ["meanP", "mascot"], [0]  # the base model and MASCOT, one seed
     return raw
 
 

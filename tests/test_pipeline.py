@@ -70,17 +70,19 @@ def test_full_dag_then_nothing_to_do(repo):
     out = _sh(["dvc", "repro"], repo)
     stages = _ran(out)
     assert {"download@synthetic", "frames@synthetic", "features@synthetic", "tables"} <= stages
-    assert {"train@synthetic-meanP-0", "train@synthetic-seqTransf-0", "evaluate@synthetic-seqTransf-0"} <= stages
+    assert {"train@synthetic-meanP-0", "train@synthetic-mascot-0", "evaluate@synthetic-mascot-0"} <= stages
 
-    table = (repo / "results" / "tables" / "synthetic.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| CLIP4Clip")]
-    assert len(rows) == 2
+    tables = repo / "results" / "tables" / "synthetic"
+    table = (tables / "main.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith(("| CLIP4Clip", "| MASCOT"))]
+    assert [r.split(" |")[0] for r in rows] == ["| CLIP4Clip-meanP (baseline)", "| MASCOT (meanP)"]
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")][2:]
         assert len(cells) == 10  # five metrics in each direction
         assert all(math.isfinite(float(c.split(" ")[0])) for c in cells)
-    assert (repo / "results" / "tables" / "synthetic.tex").is_file()
-    assert (repo / "results" / "tables" / "synthetic.csv").is_file()
+    assert {p.name for p in tables.iterdir()} >= {"main.md", "main.tex", "main.csv", "ablation.md", "mask_ratio.md"}
+    log = (repo / "results" / "train" / "synthetic" / "mascot-seed0.csv").read_text().splitlines()
+    assert log[0].split(",")[:7] == ["epoch", "step", "loss", "nce", "nce_masked", "kl", "isc"]
 
     again = _sh(["dvc", "repro"], repo)
     assert _ran(again) == set()
@@ -91,15 +93,23 @@ def test_full_dag_then_nothing_to_do(repo):
 def test_lr_edit_reruns_train_evaluate_tables_only(repo):
     _set_param(repo, "train", "lr", 0.0002)
     stages = _ran(_sh(["dvc", "repro"], repo))
-    expected = {f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "seqTransf")} | {"tables"}
+    expected = {f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")} | {"tables"}
     assert stages == expected
+
+
+def test_a_mascot_setting_reruns_only_mascot(repo):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["variant_defs"]["mascot"]["mask"]["ratio"] = 0.25
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    stages = _ran(_sh(["dvc", "repro"], repo))
+    assert stages == {"train@synthetic-mascot-0", "evaluate@synthetic-mascot-0", "tables"}
 
 
 def test_num_frames_edit_reruns_frames_onwards(repo):
     _set_param(repo, "frames", "num_frames", 3)
     stages = _ran(_sh(["dvc", "repro"], repo))
     expected = {"frames@synthetic", "features@synthetic", "tables"} | {
-        f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "seqTransf")
+        f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")
     }
     assert stages == expected
     assert "up to date" in _sh(["dvc", "status"], repo)

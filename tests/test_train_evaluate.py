@@ -83,11 +83,28 @@ def test_cached_tokens_continue_the_same_tower(tiny_features, tiny_frames, tiny_
     torch.testing.assert_close(ours, ref, atol=2e-2, rtol=2e-2)  # fp16 cache
 
 
-def test_training_is_deterministic(tmp_path, tiny_features, tiny_params):
+@pytest.mark.parametrize("variant", ["seqTransf", "random_masks"])
+def test_training_is_deterministic(tmp_path, tiny_features, tiny_params, variant):
     for name in ("a", "b"):
-        train.run(tiny_params, tiny_features, "synthetic", "seqTransf", 3, tmp_path / f"{name}.pt", tmp_path / f"{name}.csv")
+        train.run(tiny_params, tiny_features, "synthetic", variant, 3, tmp_path / f"{name}.pt", tmp_path / f"{name}.csv")
     a = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a.csv").read_text().splitlines()[1].split(",")[:3] == (tmp_path / "b.csv").read_text().splitlines()[1].split(",")[:3]
+
+
+def test_mascot_trains_logs_its_terms_and_saves_only_the_inference_model(tmp_path, tiny_features, tiny_params):
+    model_out, log_out = tmp_path / "m.pt", tmp_path / "log.csv"
+    train.run(tiny_params, tiny_features, "synthetic", "mascot", 0, model_out, log_out)
+    row = next(csv.DictReader(log_out.open()))
+    assert all(np.isfinite(float(row[k])) for k in ("loss", "nce", "nce_masked", "kl", "isc"))
+    ckpt = torch.load(model_out, weights_only=True)
+    assert not any("decoder" in k for k in ckpt["state_dict"])
+    assert ckpt["meta"]["variant"]["mask"]["score"] == "cls_attn"
+    model, meta = load_checkpoint(model_out)  # rebuilt as the base model: inference is unchanged
+    assert meta["variant_name"] == "mascot" and not model.training
+    baseline_log = tmp_path / "base.csv"
+    train.run(tiny_params, tiny_features, "synthetic", "meanP", 0, tmp_path / "b.pt", baseline_log)
+    base_row = next(csv.DictReader(baseline_log.open()))
+    assert base_row["isc"] == "" and base_row["kl"] == ""  # terms a variant does not use stay empty

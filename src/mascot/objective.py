@@ -86,8 +86,11 @@ class Objective(nn.Module):
         frame_video = frame_mask.nonzero()[:, 0]  # the batch row (video, caption) of each valid frame
         patch_features = model.vision.project(full.patches) if cfg.mask.score == "text_sim" else full.patches
         masks = informed_masks(patch_scores(cfg.mask, full.cls_attention, patch_features, text[frame_video]), cfg.mask.ratio)
-        for name in VIEWS:
-            views[name] = model.vision.run(valid, keep=masks.view(name).visible)
+        # Both masked views keep the same number of tokens: one batched pass encodes them.
+        both = model.vision.run(valid.repeat(2, 1, 1), keep=torch.cat([masks.high.visible, masks.low.visible]))
+        for i, name in enumerate(VIEWS):
+            part = slice(i * len(valid), (i + 1) * len(valid))
+            views[name] = TowerOutput(both.embedding[part], both.patches[part], None)
             logits[name] = scale * text @ model.pool(views[name].embedding, frame_mask).t()
         terms["nce_masked"] = (contrastive(logits["high"]) + contrastive(logits["low"])) / 2
         terms["kl"] = dual_kl(logits, cfg.dual.anchor)
