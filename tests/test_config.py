@@ -74,3 +74,25 @@ def test_cli_reports_schema_error_without_traceback(tmp_path):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "absent.yaml")
+
+
+def test_variant_overrides_are_validated_against_mascot_settings():
+    raw = tiny_params_dict()
+    raw["variant_defs"]["random_masks"]["mask"] = {"score": "randm", "ration": 0.3}
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert "`variant_defs.random_masks.mask.score`" in str(err.value) and "`variant_defs.random_masks.mask.ration`" in str(err.value)
+    raw = tiny_params_dict()
+    raw["variant_defs"]["meanP"]["isc"] = {"weight": 0.0}
+    with pytest.raises(ConfigError, match="variant_defs.meanP.*objective: mascot"):
+        parse_params(raw)
+
+
+def test_variants_inherit_the_shared_mascot_settings():
+    raw = tiny_params_dict()
+    raw["mascot"]["mask"]["ratio"] = 0.3
+    params = parse_params(raw)
+    assert params.variant("mascot").mask.ratio == 0.3
+    assert params.variant("random_masks").mask.ratio == 0.3 and params.variant("random_masks").mask.score == "random"
+    assert params.variant("mascot_ratio25").mask.ratio == 0.25  # its own key wins
+    assert params.variant("meanP").mask is None

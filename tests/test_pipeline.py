@@ -99,7 +99,7 @@ def test_lr_edit_reruns_train_evaluate_tables_only(repo):
 
 def test_a_mascot_setting_reruns_only_mascot(repo):
     raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["variant_defs"]["mascot"]["mask"]["ratio"] = 0.25
+    raw["variant_defs"]["mascot"]["mask"] = {"ratio": 0.25}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     stages = _ran(_sh(["dvc", "repro"], repo))
     assert stages == {"train@synthetic-mascot-0", "evaluate@synthetic-mascot-0", "tables"}

@@ -103,13 +103,52 @@ class DualConfig(Section):
     )
 
 
-class VariantConfig(Section):
+class MascotConfig(Section):
+    """MASCOT's settings, shared by every variant with `objective: mascot` (which may override keys)."""
+
+    mask: MaskConfig = MaskConfig()
+    isc: IscConfig = IscConfig()
+    dual: DualConfig = DualConfig()
+
+
+class _Temporal(Section):
     temporal: Literal["meanP", "seqTransf"] = Field(description="temporal module of method.md section 2.1")
     temporal_layers: int = Field(4, ge=1, description="transformer layers of seqTransf")
     label: str | None = Field(None, description="row label in the tables (default: the variant name)")
-    mask: MaskConfig | None = Field(None, description="null: the base model (no masked views); set: MASCOT's training")
+
+
+class VariantSpec(_Temporal):
+    """A variant as written under `variant_defs:`; `Params.variant` resolves it."""
+
+    objective: Literal["base", "mascot"] = Field(
+        "base", description="base: the CLIP4Clip model alone (method.md 2.1); mascot: MASCOT's training (2.2-2.5)"
+    )
+    mask: dict[str, Any] = Field(default_factory=dict, description="keys of `mascot.mask` this variant changes")
+    isc: dict[str, Any] = Field(default_factory=dict, description="keys of `mascot.isc` this variant changes")
+    dual: dict[str, Any] = Field(default_factory=dict, description="keys of `mascot.dual` this variant changes")
+
+    @model_validator(mode="after")
+    def _overrides_need_mascot(self) -> VariantSpec:
+        if self.objective == "base" and (self.mask or self.isc or self.dual):
+            raise ValueError("mask/isc/dual overrides only apply to `objective: mascot`")
+        return self
+
+
+class VariantConfig(_Temporal):
+    """A resolved variant: what training uses and checkpoints record. `mask: None` is the base model."""
+
+    mask: MaskConfig | None = None
     isc: IscConfig = IscConfig()
     dual: DualConfig = DualConfig()
+
+
+def resolve_variant(spec: VariantSpec, mascot: MascotConfig) -> VariantConfig:
+    """The variant's own keys over the shared `mascot:` settings (raises pydantic's ValidationError)."""
+    temporal = spec.model_dump(include={"temporal", "temporal_layers", "label"})
+    if spec.objective == "base":
+        return VariantConfig(**temporal)
+    merged = {name: {**getattr(mascot, name).model_dump(), **getattr(spec, name)} for name in ("mask", "isc", "dual")}
+    return VariantConfig.model_validate({**temporal, **merged})
 
 
 class EvaluateConfig(Section):
@@ -125,7 +164,8 @@ class Params(Section):
     frames: FramesConfig
     features: FeaturesConfig
     train: TrainConfig
-    variant_defs: dict[str, VariantConfig]
+    mascot: MascotConfig
+    variant_defs: dict[str, VariantSpec]
     tables: dict[str, list[str]] = Field(
         description="table name → variants shown as its rows (main, ablation, sweeps), written per dataset"
     )
@@ -147,6 +187,12 @@ class Params(Section):
         unknown = [v for v in self.variants if v not in self.variant_defs]
         if unknown:
             raise ValueError(f"variants {unknown} are not defined under `variant_defs:` ({sorted(self.variant_defs)})")
+        for name, spec in self.variant_defs.items():
+            try:
+                resolve_variant(spec, self.mascot)
+            except ValidationError as exc:
+                problems = "; ".join(f"`variant_defs.{name}.{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())
+                raise ValueError(problems) from None
         for table, rows in self.tables.items():
             unknown = [v for v in rows if v not in self.variant_defs]
             if unknown:
@@ -160,12 +206,13 @@ class Params(Section):
         return self.data[name]
 
     def variant(self, name: str) -> VariantConfig:
+        """The variant with MASCOT's shared settings applied."""
         if name not in self.variant_defs:
             raise ConfigError(
                 f"Variant `{name}` is not defined under `variant_defs:` in params.yaml "
                 f"(defined: {sorted(self.variant_defs)})."
             )
-        return self.variant_defs[name]
+        return resolve_variant(self.variant_defs[name], self.mascot)
 
 
 def _model_at(loc: tuple, root: type[BaseModel] = None) -> type[BaseModel] | None:
@@ -192,6 +239,9 @@ def _describe(error: dict, source: str, root: type[BaseModel] | None = None) -> 
         return f"{source}: unknown key `{key}`.{allowed} Remove it or fix its spelling."
     if error["type"] == "missing":
         return f"{source}: required key `{key}` is missing."
+    if error["type"] == "value_error":
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{source}: {message}." if not loc else f"{source}: key `{key}`: {message}."
     got = error.get("input")
     got_text = "" if isinstance(got, dict) else f", got {got!r}"
     return f"{source}: key `{key}`: {error['msg']}{got_text}."
