@@ -70,3 +70,14 @@ def tiny_features(tiny_frames, tiny_annotations, tiny_params) -> Path:
     out = tiny_frames.parent / "features"
     features.run(tiny_params, tiny_annotations, tiny_frames, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def dvc_pipeline(tmp_path_factory):
+    """A project copy (tiny preset) after a full `dvc repro`: its path, the output, and the metrics
+    files as they were right after the run (tests may edit the copy afterwards)."""
+    from .project_copy import copy_project, metrics_files, sh
+
+    repo = copy_project(tmp_path_factory.mktemp("pipeline") / "repo")
+    output = sh(["dvc", "repro"], repo)
+    return repo, output, metrics_files(repo)

@@ -1,11 +1,14 @@
 # One Snakemake rule per resolved DVC stage, derived from dvc.yaml + params.yaml so that the two
 # engines cannot drift: same command, same inputs, same outputs. The stage's own parameter values
 # are passed as a rule param, so Snakemake's params rerun trigger sees the edits DVC sees.
+# Threads, memory, runtime and GPUs per stage come from workflow/resources.yaml; a job that asks for
+# a GPU runs through `python -m mascot.gpu_slot`, which gives it its own CUDA_VISIBLE_DEVICES.
 # Uses DVC's stage index (internal API; dvc is pinned in pyproject.toml).
 import json
 import re
 from pathlib import Path
 
+import yaml
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
@@ -33,7 +36,7 @@ def resolved_stages(root):
                     files.append(dep.def_path)
             stages.append(
                 {
-                    "address": stage.addressing,
+                    "address": stage.name,
                     "cmd": stage.cmd,
                     "deps": files,
                     "outs": [out.def_path for out in stage.outs],
@@ -47,16 +50,27 @@ def _inputs(deps, produced):
     """A dependency on a folder that holds other stages' outputs becomes those outputs."""
     inputs = []
     for dep in deps:
-        inside = [o for o in produced if o != dep and o.startswith(dep.rstrip("/") + "/")]
+        inside = [o for o in produced if o != dep and Path(o).is_relative_to(dep)]
         inputs.extend(inside or [dep])
     return inputs
 
 
+def stage_resources(address, table):
+    """threads / mem_mb / runtime / gpu of a stage (`train@synthetic-meanP-0` → `train`)."""
+    name = address.split("@")[0]
+    unknown = set(table["stages"]) - {s["address"].split("@")[0] for s in DVC_STAGES}
+    if unknown:
+        raise ValueError(f"workflow/resources.yaml names stages that dvc.yaml does not have: {sorted(unknown)}")
+    return {**table["default"], **table["stages"].get(name, {})}
+
+
 DVC_STAGES = resolved_stages(workflow.basedir)
+RESOURCES = yaml.safe_load((Path(workflow.basedir) / "workflow" / "resources.yaml").read_text())
 PRODUCED = [o for s in DVC_STAGES for o in s["outs"]]
 
 
 for _stage in DVC_STAGES:
+    _res = stage_resources(_stage["address"], RESOURCES)
 
     rule:
         name:
@@ -68,7 +82,15 @@ for _stage in DVC_STAGES:
         params:
             cmd=_stage["cmd"],
             dvc_params=_stage["params"],
+            launcher="python -m mascot.gpu_slot -- " if _res["gpu"] else "",
+        log:
+            f"logs/snakemake/{rule_name(_stage['address'])}.log",
+        threads: _res["threads"]
+        resources:
+            mem_mb=_res["mem_mb"],
+            runtime=_res["runtime"],
+            gpu=_res["gpu"],
         conda:
             "../envs/mascot.yaml"
         shell:
-            "{params.cmd}"
+            "{params.launcher}{params.cmd} > {log} 2>&1"

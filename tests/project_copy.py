@@ -1,0 +1,74 @@
+"""Temporary git + DVC copies of the project with the tiny preset, and the commands run in them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .conftest import REPO, tiny_params_dict
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def sh(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's tracked files (no results, data, models or lock) with the tiny preset, committed."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if name.startswith(("results/", "data/", "models/")) or name == "dvc.lock" or not (REPO / name).is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest / name)
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    sh(["git", "init", "-q"], dest)
+    commit(dest, "init")
+    return dest
+
+
+def commit(repo: Path, message: str) -> None:
+    sh([*GIT, "add", "-A"], repo)
+    sh([*GIT, "commit", "-qm", message, "--allow-empty"], repo)
+
+
+def set_param(repo: Path, dotted: str, value) -> None:
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    *path, key = dotted.split(".")
+    node = raw
+    for part in path:
+        node = node.setdefault(part, {})
+    node[key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def dvc_ran(output: str) -> set[str]:
+    """Stages that `dvc repro` ran."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def snakemake_jobs(output: str) -> set[str]:
+    """Rules that `snakemake -n` would run (its job-stats table), without the `all` target."""
+    table = output.split("Job stats:", 1)
+    if len(table) == 1:
+        assert "Nothing to be done" in output, output
+        return set()
+    rows = table[1].split("total", 1)[0].splitlines()
+    return {line.split()[0] for line in rows[3:] if line.strip()} - {"all"}
+
+
+def metrics_files(repo: Path) -> dict[str, bytes]:
+    root = repo / "results" / "metrics"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.json"))}
