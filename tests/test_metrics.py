@@ -57,3 +57,36 @@ def test_bad_targets_rejected():
         ranks(np.zeros((2, 2)), [[0], []])
     with pytest.raises(ValueError):
         ranks(np.zeros(3))
+
+
+def _embeddings(rng, n, d=8):
+    x = rng.integers(-3, 4, size=(n, d)).astype(np.float64)  # small integers: exact products, many ties
+    x[np.all(x == 0, axis=1), 0] = 1
+    return x / 4
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+def test_streaming_metrics_equal_the_full_matrix(chunk):
+    from mascot.metrics import dual_softmax, embedding_metrics
+
+    rng = np.random.default_rng(0)
+    text, video = _embeddings(rng, 60), _embeddings(rng, 20)
+    caption_video = np.concatenate([np.arange(20), rng.integers(0, 20, size=40)])  # every video has ≥ 1 caption
+    sim = text @ video.T
+    got = embedding_metrics(text, video, caption_video, chunk_size=chunk, dsl_scale=10.0)
+    assert {k: got[k] for k in ("t2v", "v2t")} == text_video_metrics(sim, caption_video)
+    assert got["dsl"]["t2v"] == text_video_metrics(dual_softmax(sim, 10.0, axis=0), caption_video)["t2v"]
+    assert got["dsl"]["v2t"] == text_video_metrics(dual_softmax(sim, 10.0, axis=1), caption_video)["v2t"]
+    assert "dsl" not in embedding_metrics(text, video, caption_video, chunk_size=chunk)
+
+
+def test_dsl_known_answer_down_weights_a_hub_video():
+    from mascot.metrics import embedding_metrics
+
+    # Video 0 scores high for both captions (a hub); caption 0 belongs to video 1, caption 1 to video 0.
+    text, video = np.eye(2), np.array([[0.9, 0.85], [0.8, 0.1]])  # sim = text @ video.T
+    sim = text @ video.T
+    assert sim.tolist() == [[0.9, 0.8], [0.85, 0.1]]
+    out = embedding_metrics(text, video, np.array([1, 0]), dsl_scale=10.0)
+    assert out["t2v"]["R1"] == 50.0  # plain: caption 0 ranks its video second
+    assert out["dsl"]["t2v"]["R1"] == 100.0  # the prior over captions demotes the hub for caption 0

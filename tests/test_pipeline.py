@@ -25,7 +25,8 @@ def test_full_dag_then_nothing_to_do(repo, dvc_pipeline):
     tables = repo / "results" / "tables" / "synthetic"
     table = (tables / "main.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith(("| CLIP4Clip", "| MASCOT"))]
-    assert [r.split(" |")[0] for r in rows] == ["| CLIP4Clip-meanP (baseline)", "| MASCOT (meanP)"]
+    labels = ["| CLIP4Clip-meanP (baseline)", "| MASCOT (meanP)"]
+    assert [r.split(" |")[0] for r in rows] == labels + [f"{label} + DSL" for label in labels]
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")][2:]
         assert len(cells) == 10  # five metrics in each direction

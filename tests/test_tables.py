@@ -10,9 +10,14 @@ from mascot.published import load_published
 from .conftest import REPO
 
 
-def _write(metrics_dir, variant, seed, r1, dataset="synthetic"):
-    values = {"R1": r1, "R5": r1 + 10, "R10": r1 + 20, "MdR": 3.0, "MnR": 5.5}
-    data = {"dataset": dataset, "variant_name": variant, "seed": seed, "num_videos": 48, "t2v": values, "v2t": values}
+def _values(r1):
+    return {"R1": r1, "R5": r1 + 10, "R10": r1 + 20, "MdR": 3.0, "MnR": 5.5}
+
+
+def _write(metrics_dir, variant, seed, r1, dataset="synthetic", dsl_r1=None):
+    data = {"dataset": dataset, "variant_name": variant, "seed": seed, "num_videos": 48, "t2v": _values(r1), "v2t": _values(r1)}
+    if dsl_r1 is not None:
+        data["dsl"] = {"t2v": _values(dsl_r1), "v2t": _values(dsl_r1), "scale": 100.0}
     path = metrics_dir / dataset / f"{variant}-seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
@@ -82,6 +87,24 @@ def test_published_reference_file_is_valid_and_strict(tmp_path):
     bad.write_text("msrvtt:\n  - {method: X, backbone: B, source: s, transcribed: false, t2v: {R1: 40.0}}\n")
     with pytest.raises(MascotError, match="transcribed"):
         load_published(bad)
+
+
+def test_dsl_rows_are_listed_apart_and_labelled(tmp_path, tiny_params):
+    metrics = tmp_path / "metrics"
+    _write(metrics, "meanP", 0, 30.0, dsl_r1=36.0)
+    _write(metrics, "mascot", 0, 32.0, dsl_r1=39.0)
+    out = tmp_path / "tables"
+    tables.run(_params(tiny_params), metrics, out)
+    lines = (out / "synthetic" / "main.md").read_text().splitlines()
+    heading = next(i for i, line in enumerate(lines) if "Post-processed: DSL" in line)
+    plain = [i for i, line in enumerate(lines) if line.startswith(("| CLIP4Clip-meanP (baseline) |", "| MASCOT (meanP) |"))]
+    dsl = [line for line in lines[heading:] if " + DSL |" in line]
+    assert plain and max(plain) < heading and len(dsl) == 2
+    assert dsl[0].startswith("| CLIP4Clip-meanP (baseline) + DSL | 1 | 36.0 |")
+    assert not any("36.0" in lines[i] for i in plain)  # post-processed numbers never reach plain rows
+    csv = pd.read_csv(out / "synthetic" / "main.csv")
+    assert list(csv["post"]) == ["none", "none", "dsl", "dsl"]
+    assert "Post-processed" in (out / "synthetic" / "main.tex").read_text()
 
 
 def test_tables_without_metrics_fail(tmp_path, tiny_params):

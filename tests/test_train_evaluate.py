@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mascot import evaluate, train
+from mascot.config import EvaluateConfig
 from mascot.errors import MascotError
 from mascot.evaluate import load_checkpoint
 from mascot.features import FeatureStore
@@ -53,7 +54,7 @@ def test_training_learns_a_small_set(tmp_path, tiny_features, tiny_params):
     train.run(params, tiny_features, "synthetic", "meanP", 0, model_out, tmp_path / "log.csv")
     model, _ = load_checkpoint(model_out)
     store = FeatureStore.open(tiny_features)
-    result = evaluate.evaluate_split(model, store, "train", 64)
+    result = evaluate.evaluate_split(model, store, "train", EvaluateConfig(batch_size=64))
     assert result["t2v"]["R5"] > 3 * 100 * 5 / 16  # far above chance (5 of 16 videos)
 
 

@@ -152,7 +152,11 @@ def resolve_variant(spec: VariantSpec, mascot: MascotConfig) -> VariantConfig:
 
 
 class EvaluateConfig(Section):
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="videos / captions embedded per forward pass")
+    chunk_size: int = Field(1024, ge=1, description="captions per chunk of the similarity matrix (memory: chunk x videos)")
+    dsl_scale: float = Field(
+        100.0, gt=0, description="inverse temperature of the DSL (dual softmax) post-processing, reported apart"
+    )
 
 
 class Params(Section):

@@ -10,18 +10,18 @@ import torch
 
 from .atomic import atomic_file, write_json
 from .clip_model import create_clip
-from .config import ClipConfig, Params, VariantConfig
+from .config import ClipConfig, EvaluateConfig, Params, VariantConfig
 from .errors import MascotError
 from .features import FeatureStore
-from .metrics import text_video_metrics
+from .metrics import embedding_metrics
 from .model import RetrievalModel
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def similarity(model: RetrievalModel, store: FeatureStore, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(captions × videos) cosine similarities of a split, and each caption's video column."""
+def embed_split(model: RetrievalModel, store: FeatureStore, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Caption and video embeddings of a split, and each caption's video (row of the video array)."""
     was_training = model.training
     model.eval()
     videos, captions = store.videos(split), store.caption_rows(split)
@@ -32,12 +32,15 @@ def similarity(model: RetrievalModel, store: FeatureStore, split: str, batch_siz
     column = {int(p): i for i, p in enumerate(videos)}
     caption_video = np.array([column[int(v)] for v in store.captions["video_index"].to_numpy()[captions]])
     model.train(was_training)
-    return (text_emb @ video_emb.t()).numpy(), caption_video
+    return text_emb.float().numpy(), video_emb.float().numpy(), caption_video
 
 
-def evaluate_split(model: RetrievalModel, store: FeatureStore, split: str, batch_size: int) -> dict:
-    sim, caption_video = similarity(model, store, split, batch_size)
-    return {**text_video_metrics(sim, caption_video), "num_videos": int(sim.shape[1]), "num_captions": int(sim.shape[0])}
+def evaluate_split(model: RetrievalModel, store: FeatureStore, split: str, cfg: EvaluateConfig, dsl: bool = False) -> dict:
+    """Metrics of a split, computed in caption chunks (never the whole captions × videos matrix);
+    with `dsl`, also the DSL post-processed metrics, kept apart under "dsl"."""
+    text, video, caption_video = embed_split(model, store, split, cfg.batch_size)
+    metrics = embedding_metrics(text, video, caption_video, cfg.chunk_size, cfg.dsl_scale if dsl else None)
+    return {**metrics, "num_videos": len(video), "num_captions": len(text)}
 
 
 def save_checkpoint(model: RetrievalModel, meta: dict, path: Path) -> None:
@@ -61,7 +64,7 @@ def load_checkpoint(path: Path) -> tuple[RetrievalModel, dict]:
 def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None:
     store = FeatureStore.open(features_dir)
     model, meta = load_checkpoint(checkpoint)
-    result = evaluate_split(model, store, "test", params.evaluate.batch_size)
+    result = evaluate_split(model, store, "test", params.evaluate, dsl=True)
     result.update(
         {k: meta[k] for k in ("dataset", "variant_name", "seed", "best_epoch")}
         | {"selected_on": f"val {meta['selection_metric']}"}

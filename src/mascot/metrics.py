@@ -88,3 +88,60 @@ def text_video_metrics(sim: np.ndarray, caption_video: Sequence[int], chunk_size
         by_video[v].append(c)
     v2t = retrieval_metrics(np.asarray(sim).T, by_video, chunk_size)
     return {"t2v": t2v, "v2t": v2t}
+
+
+def dual_softmax(sim: np.ndarray, scale: float, axis: int) -> np.ndarray:
+    """DSL post-processing (CAMoE): scores × softmax(scale · scores) over `axis`, the queries."""
+    z = scale * sim
+    z = z - z.max(axis=axis, keepdims=True)
+    prior = np.exp(z)
+    return sim * prior / prior.sum(axis=axis, keepdims=True)
+
+
+def embedding_metrics(
+    text: np.ndarray, video: np.ndarray, caption_video: Sequence[int], chunk_size: int = 1024, dsl_scale: float | None = None
+) -> dict:
+    """Both directions (and, with `dsl_scale`, the DSL post-processed ones) from L2-normalised
+    embeddings, without ever holding the captions × videos matrix: two passes over caption chunks,
+    memory O(chunk × videos).
+
+    DSL re-weights each score by a softmax over the *queries*: for text→video over all captions of
+    the split (so it uses the test queries jointly), for video→text over all videos.
+    """
+    text, video = np.asarray(text, np.float64), np.asarray(video, np.float64)
+    caption_video = np.asarray(caption_video, dtype=np.int64)
+    nc, nv = len(text), len(video)
+    views = {"plain": lambda s: s}
+    if dsl_scale is not None:
+        col_lse = np.full(nv, -np.inf)  # log Σ_captions exp(scale · s) per video, for the t2v prior
+        for lo in range(0, nc, chunk_size):
+            col_lse = np.logaddexp(col_lse, _logsumexp(dsl_scale * (text[lo : lo + chunk_size] @ video.T), axis=0))
+        views["t2v_dsl"] = lambda s: s * np.exp(dsl_scale * s - col_lse)
+        views["v2t_dsl"] = lambda s: dual_softmax(s, dsl_scale, axis=1)
+
+    t2v = {name: np.empty(nc, np.int64) for name in ("plain", "t2v_dsl") if name in views}
+    best = {name: np.full(nv, -np.inf) for name in ("plain", "v2t_dsl") if name in views}
+    for lo in range(0, nc, chunk_size):  # pass 1: text→video ranks, each video's best own caption
+        sim = text[lo : lo + chunk_size] @ video.T
+        cv, r = caption_video[lo : lo + chunk_size], np.arange(len(sim))
+        for name, rank in t2v.items():
+            s = views[name](sim)
+            rank[lo : lo + len(s)] = 1 + (s > s[r, cv][:, None]).sum(axis=1)
+        for name, b in best.items():
+            np.maximum.at(b, cv, views[name](sim)[r, cv])
+    v2t = {name: np.ones(nv, np.int64) for name in best}
+    for lo in range(0, nc, chunk_size):  # pass 2: captions scoring above each video's best own one
+        sim = text[lo : lo + chunk_size] @ video.T
+        for name, rank in v2t.items():
+            rank += (views[name](sim) > best[name][None, :]).sum(axis=0)
+    if np.isinf(best["plain"]).any():
+        raise ValueError("every video needs at least one caption")
+    out = {"t2v": summarize(t2v["plain"]), "v2t": summarize(v2t["plain"])}
+    if dsl_scale is not None:
+        out["dsl"] = {"t2v": summarize(t2v["t2v_dsl"]), "v2t": summarize(v2t["v2t_dsl"]), "scale": float(dsl_scale)}
+    return out
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    m = x.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)

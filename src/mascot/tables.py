@@ -3,8 +3,9 @@ sweeps), from every metrics JSON of the current runs.
 
 Rows are variants, columns both directions' R@1/R@5/R@10/MdR/MnR; each cell is the mean over seeds,
 with ± the sample standard deviation when there are several. Measured numbers are read from the
-evaluate stage's metrics files; the main table of a real dataset also shows published rows from the
-reference file (references/published.yaml), below a separator and with their sources.
+evaluate stage's metrics files; DSL post-processed rows follow under their own separator (never
+mixed with plain ones); the main table of a real dataset also shows published rows from the
+reference file (references/published.yaml), below another separator and with their sources.
 
 Layout: results/tables/<dataset>/<table>.{md,csv,tex}
 """
@@ -32,16 +33,18 @@ NOT_TRANSCRIBED = "not yet transcribed"
 
 
 def collect(metrics_dir: Path) -> pd.DataFrame:
-    """One row per run: dataset, variant, seed and every `{direction}_{metric}` value."""
+    """One row per run and post-processing (`none`, or `dsl` when the metrics file has DSL
+    metrics): dataset, variant, seed, post and every `{direction}_{metric}` value."""
     rows = []
     for path in sorted(Path(metrics_dir).rglob("*.json")):
         data = json.loads(path.read_text())
         try:
-            row = {"dataset": data["dataset"], "variant": data["variant_name"], "seed": data["seed"], "test_videos": data["num_videos"]}
-            row |= {f"{d}_{m}": float(data[d][m]) for d in DIRECTIONS for m in METRICS}
+            run = {"dataset": data["dataset"], "variant": data["variant_name"], "seed": data["seed"], "test_videos": data["num_videos"]}
+            for post, values in (("none", data), ("dsl", data.get("dsl"))):
+                if values is not None:
+                    rows.append(run | {"post": post} | {f"{d}_{m}": float(values[d][m]) for d in DIRECTIONS for m in METRICS})
         except KeyError as exc:
             raise MascotError(f"{path}: not a metrics file of the evaluate stage (missing {exc}); remove it or rerun evaluate.") from None
-        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -55,28 +58,34 @@ def current_runs(runs: pd.DataFrame, params: Params) -> pd.DataFrame:
 
 
 def aggregate(runs: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:
-    """Mean, std and seed count per (dataset, variant), variants in the given order."""
-    grouped = runs.groupby(["dataset", "variant"])
+    """Mean, std and seed count per (dataset, variant, post), plain rows first, variants in the given order."""
+    grouped = runs.groupby(["dataset", "post", "variant"])
     table = grouped[VALUE_COLUMNS].mean().join(grouped[VALUE_COLUMNS].std(ddof=1).add_suffix("_std"))
     table["seeds"] = grouped.size()
     table["test_videos"] = grouped["test_videos"].first()
     order = {v: i for i, v in enumerate(variant_order)}
     table = table.reset_index()
     table["_o"] = table["variant"].map(lambda v: order.get(v, len(order)))
-    return table.sort_values(["dataset", "_o", "variant"]).drop(columns="_o").reset_index(drop=True)
+    table["_p"] = table["post"] != "none"
+    return table.sort_values(["dataset", "_p", "_o", "variant"]).drop(columns=["_o", "_p"]).reset_index(drop=True)
 
 
 def _cell(mean: float, std: float, seeds: int) -> str:
     return f"{mean:.1f}" if seeds < 2 or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
 
 
-def measured_rows(table: pd.DataFrame, labels: dict[str, str]) -> list[list[str]]:
-    rows = []
+def measured_rows(table: pd.DataFrame, labels: dict[str, str]) -> tuple[list[list[str]], list[list[str]]]:
+    """Formatted rows without post-processing, and the DSL rows (labelled as post-processed)."""
+    plain, post = [], []
     for r in table.itertuples(index=False):
         r = r._asdict()
         cells = [_cell(r[c], r[f"{c}_std"], r["seeds"]) for c in VALUE_COLUMNS]
-        rows.append([labels.get(r["variant"], r["variant"]), str(r["seeds"])] + cells)
-    return rows
+        label = labels.get(r["variant"], r["variant"])
+        if r["post"] == "none":
+            plain.append([label, str(r["seeds"])] + cells)
+        else:
+            post.append([f"{label} + DSL", str(r["seeds"])] + cells)
+    return plain, post
 
 
 def published_rows(rows: list[PublishedRow]) -> tuple[list[list[str]], list[str]]:
@@ -95,32 +104,40 @@ def published_rows(rows: list[PublishedRow]) -> tuple[list[list[str]], list[str]
     return out, [f"[{i}] {s}" for i, s in enumerate(sources, 1)]
 
 
-def to_markdown(title: str, measured: list[list[str]], published: list[list[str]], notes: list[str], test_videos: int) -> str:
-    """A GitHub table with one header row (Markdown has no column groups); published rows follow
-    a separator row."""
+POST_HEADING = "Post-processed: DSL (dual softmax over all test queries), not comparable to the rows above"
+PUBLISHED_HEADING = "Published (not measured here)"
+
+
+def to_markdown(title: str, sections: dict[str, list[list[str]]], notes: list[str], test_videos: int) -> str:
+    """A GitHub table with one header row (Markdown has no column groups); post-processed and
+    published rows follow, each under its own separator row."""
     header = ["Method", "Seeds"] + [f"{SHORT[d]} {m}" for d in DIRECTIONS for m in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in measured]
-    if published:
-        lines.append("| **Published (not measured here)** |" + " |" * (len(header) - 1))
-        lines += ["| " + " | ".join(row) + " |" for row in published]
+    for heading, rows in sections.items():
+        if heading and rows:
+            lines.append(f"| **{heading}** |" + " |" * (len(header) - 1))
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     intro = (
         f"Measured rows: this pipeline on the test split ({test_videos} videos); R@k in %, MdR/MnR ranks "
-        "(lower is better); mean ± std over seeds. No post-processing (DSL, QB-Norm)."
+        "(lower is better); mean ± std over seeds. The first rows have no post-processing; DSL rows "
+        "re-weight each score by a softmax over all test queries and are listed apart."
     )
     footer = ("\n\nPublished rows are read from references/published.yaml, not measured here:\n\n" + "\n".join(f"- {n}" for n in notes)) if notes else ""
     return f"# {title}\n\n{intro}\n\n" + "\n".join(lines) + footer + "\n"
 
 
-def to_latex(measured: list[list[str]], published: list[list[str]], notes: list[str]) -> str:
+def to_latex(sections: dict[str, list[list[str]]], notes: list[str]) -> str:
     columns = pd.MultiIndex.from_tuples([("", "Method"), ("", "Seeds")] + [(DIRECTIONS[d], m) for d in DIRECTIONS for m in METRICS])
-    body = pd.DataFrame(measured, columns=columns).to_latex(index=False, escape=True, column_format="ll" + "r" * len(VALUE_COLUMNS), multicolumn_format="c")
-    if published:
-        extra = pd.DataFrame(published, columns=columns).to_latex(index=False, escape=True, header=False)
-        rows = extra.split(r"\midrule")[-1].split(r"\bottomrule")[0]
-        rule = r"\midrule" + "\n" + rf"\multicolumn{{{len(columns)}}}{{l}}{{\emph{{Published (not measured here)}}}} \\" + "\n"
-        body = body.replace(r"\bottomrule", rule + rows.strip("\n") + "\n" + r"\bottomrule")
-        body += "".join(f"% {n}\n" for n in notes)
+    first, *rest = sections.items()
+    body = pd.DataFrame(first[1], columns=columns).to_latex(index=False, escape=True, column_format="ll" + "r" * len(VALUE_COLUMNS), multicolumn_format="c")
+    for heading, rows in rest:
+        if not rows:
+            continue
+        extra = pd.DataFrame(rows, columns=columns).to_latex(index=False, escape=True, header=False)
+        body_rows = extra.split(r"\midrule")[-1].split(r"\bottomrule")[0]
+        rule = r"\midrule" + "\n" + rf"\multicolumn{{{len(columns)}}}{{l}}{{\emph{{{heading}}}}} \\" + "\n"
+        body = body.replace(r"\bottomrule", rule + body_rows.strip("\n") + "\n" + r"\bottomrule")
+    body += "".join(f"% {n}\n" for n in notes)
     return body.replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
 
 
@@ -137,13 +154,14 @@ def run(params: Params, metrics_dir: Path, out: Path, published_path: Path | Non
                 part = aggregate(dataset_runs[dataset_runs["variant"].isin(variants)], variants)
                 if part.empty:
                     continue
-                measured = measured_rows(part, labels)
+                plain, post = measured_rows(part, labels)
                 extra, notes = published_rows(published.get(dataset, [])) if name == MAIN_TABLE else ([], [])
+                sections = {"": plain, POST_HEADING: post, PUBLISHED_HEADING: extra}
                 folder = tmp / dataset
                 folder.mkdir(exist_ok=True)
                 videos = int(part["test_videos"].max())
-                (folder / f"{name}.md").write_text(to_markdown(f"{dataset}: {name}", measured, extra, notes, videos))
+                (folder / f"{name}.md").write_text(to_markdown(f"{dataset}: {name}", sections, notes, videos))
                 part.drop(columns="dataset").to_csv(folder / f"{name}.csv", index=False, float_format="%.4f")
-                (folder / f"{name}.tex").write_text(to_latex(measured, extra, notes))
+                (folder / f"{name}.tex").write_text(to_latex(sections, notes))
                 written += 1
     log.info("tables: %d tables for %d datasets → %s", written, runs["dataset"].nunique(), out)

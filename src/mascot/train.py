@@ -118,7 +118,7 @@ def run(params: Params, features_dir: Path, dataset: str, variant_name: str, see
                 sums[name] = sums.get(name, 0.0) + value.item()
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        val = evaluate_split(model, store, "val", params.evaluate.batch_size)
+        val = evaluate_split(model, store, "val", params.evaluate)  # no DSL: selection on plain scores
         score = selection_score(val, cfg.selection_metric)
         log_rows.append(
             {
