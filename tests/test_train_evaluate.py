@@ -109,3 +109,44 @@ def test_mascot_trains_logs_its_terms_and_saves_only_the_inference_model(tmp_pat
     train.run(tiny_params, tiny_features, "synthetic", "meanP", 0, tmp_path / "b.pt", baseline_log)
     base_row = next(csv.DictReader(baseline_log.open()))
     assert base_row["isc"] == "" and base_row["kl"] == ""  # terms a variant does not use stay empty
+
+
+@pytest.mark.parametrize("variant", ["meanP", "random_masks"])
+def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_features, tiny_params, monkeypatch, variant):
+    """Interrupted after 5 steps (state saved every 2) and rerun: same weights, same log as one run."""
+    from mascot.objective import Objective
+
+    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"epochs": 3, "batch_size": 4, "checkpoint_every": 2})})
+    train.run(params, tiny_features, "synthetic", variant, 1, tmp_path / "ref.pt", tmp_path / "ref.csv", tmp_path / "ref-state")
+    assert not (tmp_path / "ref-state").exists()  # cleared after success
+
+    original, calls = Objective.step, {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Objective, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params, tiny_features, "synthetic", variant, 1, tmp_path / "m.pt", tmp_path / "m.csv", tmp_path / "state")
+    assert (tmp_path / "state" / "state.pt").is_file() and not (tmp_path / "m.pt").exists()
+    torch.load(tmp_path / "state" / "state.pt", weights_only=True)  # loadable without unpickling objects
+    monkeypatch.setattr(Objective, "step", original)
+
+    train.run(params, tiny_features, "synthetic", variant, 1, tmp_path / "m.pt", tmp_path / "m.csv", tmp_path / "state")
+    ref, got = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("ref", "m"))
+    assert all(torch.equal(ref["state_dict"][k], got["state_dict"][k]) for k in ref["state_dict"])
+    assert (tmp_path / "m.csv").read_text() == (tmp_path / "ref.csv").read_text()
+    assert ref["meta"] == got["meta"]
+
+
+def test_a_state_from_other_settings_is_not_resumed(tmp_path, tiny_features, tiny_params):
+    from mascot import resume
+
+    state = tmp_path / "state"
+    resume.save_state(state, {"fingerprint": "something else", "progress": {}})
+    train.run(tiny_params, tiny_features, "synthetic", "meanP", 0, tmp_path / "m.pt", tmp_path / "m.csv", state)
+    train.run(tiny_params, tiny_features, "synthetic", "meanP", 0, tmp_path / "r.pt", tmp_path / "r.csv")
+    assert (tmp_path / "m.csv").read_text() == (tmp_path / "r.csv").read_text()

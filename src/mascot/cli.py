@@ -51,7 +51,7 @@ def _features(args, params):
 def _train(args, params):
     from . import train
 
-    train.run(params, args.features, args.dataset, args.variant, args.seed, args.model_out, args.log_out)
+    train.run(params, args.features, args.dataset, args.variant, args.seed, args.model_out, args.log_out, args.state_dir)
 
 
 def _evaluate(args, params):
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--model-out", type=Path, required=True, help="checkpoint to write")
     p.add_argument("--log-out", type=Path, required=True, help="per-epoch CSV log to write")
+    p.add_argument("--state-dir", type=Path, default=None, help="where the resumable training state is kept (outside the outputs)")
 
     p = stage("evaluate", _evaluate, "Text→video and video→text metrics on the test split.")
     p.add_argument("--features", type=Path, required=True)

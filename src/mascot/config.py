@@ -70,6 +70,13 @@ class TrainConfig(Section):
     selection_metric: Literal["t2v_R1", "rsum"] = Field(
         "rsum", description="validation metric that picks the checkpoint (rsum = sum of R@1/5/10 both ways)"
     )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else the CPU")
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="autocast precision on CUDA (fp16 adds loss scaling); the CPU computes in fp32"
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="also save the resumable training state every this many steps (0: at epoch ends only)"
+    )
 
 
 class MaskConfig(Section):

@@ -11,6 +11,7 @@ import torch
 from .atomic import atomic_file, write_json
 from .clip_model import create_clip
 from .config import ClipConfig, EvaluateConfig, Params, VariantConfig
+from .devices import select_device
 from .errors import MascotError
 from .features import FeatureStore
 from .metrics import embedding_metrics
@@ -24,11 +25,16 @@ def embed_split(model: RetrievalModel, store: FeatureStore, split: str, batch_si
     """Caption and video embeddings of a split, and each caption's video (row of the video array)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     videos, captions = store.videos(split), store.caption_rows(split)
     if len(videos) == 0 or len(captions) == 0:
         raise MascotError(f"{store.root}: the `{split}` split has no videos or no captions to evaluate.")
-    video_emb = torch.cat([model.encode_video(*store.video_batch(videos[i : i + batch_size])) for i in range(0, len(videos), batch_size)])
-    text_emb = torch.cat([model.encode_text(store.text_batch(captions[i : i + batch_size])) for i in range(0, len(captions), batch_size)])
+    video_emb = torch.cat(
+        [model.encode_video(*(t.to(device) for t in store.video_batch(videos[i : i + batch_size]))).cpu() for i in range(0, len(videos), batch_size)]
+    )
+    text_emb = torch.cat(
+        [model.encode_text(store.text_batch(captions[i : i + batch_size]).to(device)).cpu() for i in range(0, len(captions), batch_size)]
+    )
     column = {int(p): i for i, p in enumerate(videos)}
     caption_video = np.array([column[int(v)] for v in store.captions["video_index"].to_numpy()[captions]])
     model.train(was_training)
@@ -64,6 +70,7 @@ def load_checkpoint(path: Path) -> tuple[RetrievalModel, dict]:
 def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None:
     store = FeatureStore.open(features_dir)
     model, meta = load_checkpoint(checkpoint)
+    model.to(select_device())
     result = evaluate_split(model, store, "test", params.evaluate, dsl=True)
     result.update(
         {k: meta[k] for k in ("dataset", "variant_name", "seed", "best_epoch")}

@@ -1,7 +1,9 @@
 """The train stage: fit the retrieval model on cached tokens, select the checkpoint on val.
 
 The test split is never read here. The epoch with the best validation score
-(`train.selection_metric`) is the one saved; every epoch is logged for `dvc plots`.
+(`train.selection_metric`) is the one saved; every epoch is logged for `dvc plots`. The training
+state is saved at every epoch end (and every `train.checkpoint_every` steps) so that an interrupted
+run continues exactly where it stopped (see resume.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import resume
 from .atomic import atomic_file
 from .clip_model import create_clip
 from .config import Params, TrainConfig
+from .devices import autocast, grad_scaler, select_device
 from .errors import MascotError
 from .evaluate import evaluate_split, save_checkpoint
 from .features import FeatureStore
@@ -73,7 +77,17 @@ TERMS = ("nce", "nce_masked", "kl", "isc")
 LOG_FIELDS = ("epoch", "step", "loss", *TERMS, "lr", "val_t2v_R1", "val_v2t_R1", "val_score")
 
 
-def run(params: Params, features_dir: Path, dataset: str, variant_name: str, seed: int, model_out: Path, log_out: Path) -> None:
+def run(
+    params: Params,
+    features_dir: Path,
+    dataset: str,
+    variant_name: str,
+    seed: int,
+    model_out: Path,
+    log_out: Path,
+    state_dir: Path | None = None,
+) -> None:
+    """Train, resuming from `state_dir` when it holds the state of this very run."""
     cfg = params.train
     variant = params.variant(variant_name)
     store = FeatureStore.open(features_dir)
@@ -86,45 +100,77 @@ def run(params: Params, features_dir: Path, dataset: str, variant_name: str, see
     if len(train_rows) < 2 or len(store.videos("val")) == 0:
         raise MascotError(f"{features_dir}: training needs at least 2 training captions and a non-empty val split.")
 
+    device = select_device(cfg.device)
     seed_everything(seed)
     model = RetrievalModel(create_clip(params.clip), cfg.trainable_blocks, variant, store.meta["num_frames"], cfg.logit_scale_max)
-    objective = Objective(model, variant).train()
+    objective = Objective(model, variant).to(device).train()
     optimizer = optimizer_for(objective, cfg)
     batch = min(cfg.batch_size, len(train_rows))
     steps_per_epoch = len(train_rows) // batch
     scheduler = cosine_with_warmup(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_fraction)
+    scaler = grad_scaler(device, cfg.precision)
     generator = np.random.default_rng(seed)
     caption_video = store.captions["video_index"].to_numpy()
 
-    log_rows, best, best_state, step = [], -math.inf, None, 0
-    for epoch in range(1, cfg.epochs + 1):
-        start, sums = time.perf_counter(), {}
-        order = generator.permutation(train_rows)
-        bar = tqdm(range(steps_per_epoch), desc=f"train {dataset}/{variant_name} epoch {epoch}", disable=None)
+    run_id = resume.fingerprint(
+        {"params": params.model_dump(include={"clip", "train", "evaluate"}), "variant": variant.model_dump(), "seed": seed,
+         "features": store.meta, "train_rows": len(train_rows), "device": device.type}
+    )
+    # Progress: the next epoch and step within it, that epoch's data order and loss sums, the log and the best epoch.
+    progress = {"epoch": 1, "next_step": 0, "step": 0, "order": None, "sums": {}, "log_rows": [], "best": -math.inf, "best_epoch": 0, "best_state": {}}
+    state = resume.load_state(state_dir, run_id) if state_dir else None
+    if state is not None:
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        resume.restore_rng(state["rng"], generator)
+        progress = state["progress"]
+        log.info("train: resuming %s/%s seed %d at epoch %d, step %d", dataset, variant_name, seed, progress["epoch"], progress["step"])
+
+    def save() -> None:
+        if state_dir is not None:
+            resume.save_state(state_dir, {
+                "fingerprint": run_id, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": resume.rng_state(generator), "progress": progress,
+            })  # fmt: skip
+
+    for epoch in range(progress["epoch"], cfg.epochs + 1):
+        start = time.perf_counter()
+        if progress["order"] is None:
+            progress["order"], progress["sums"], progress["next_step"] = torch.from_numpy(generator.permutation(train_rows)), {}, 0
+        order = progress["order"].numpy()
+        bar = tqdm(range(progress["next_step"], steps_per_epoch), desc=f"train {dataset}/{variant_name} epoch {epoch}", disable=None)
         for i in bar:
             rows = order[i * batch : (i + 1) * batch]
             tokens, mask = store.video_batch(caption_video[rows])
-            terms = objective.step(tokens, mask, store.text_batch(rows)).terms
+            with autocast(device, cfg.precision):
+                terms = objective.step(tokens.to(device), mask.to(device), store.text_batch(rows).to(device)).terms
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                raise MascotError(f"train {dataset}/{variant_name}: the loss became {loss.item()} at step {step}; lower train.lr.")
+                raise MascotError(f"train {dataset}/{variant_name}: the loss became {loss.item()} at step {p['step']}; lower train.lr.")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             model.clamp_logit_scale()
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
-            step += 1
+                progress["sums"][name] = progress["sums"].get(name, 0.0) + value.item()
+            progress["step"] += 1
+            progress["next_step"] = i + 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if cfg.checkpoint_every and progress["step"] % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
+                save()
         val = evaluate_split(model, store, "val", params.evaluate)  # no DSL: selection on plain scores
         score = selection_score(val, cfg.selection_metric)
-        log_rows.append(
+        progress["log_rows"].append(
             {
                 "epoch": epoch,
-                "step": step,
-                **{name: round(sums[name] / steps_per_epoch, 6) if name in sums else "" for name in ("loss", *TERMS)},
+                "step": progress["step"],
+                **{name: round(progress["sums"][name] / steps_per_epoch, 6) if name in progress["sums"] else "" for name in ("loss", *TERMS)},
                 "lr": optimizer.param_groups[0]["lr"],
                 "val_t2v_R1": round(val["t2v"]["R1"], 4),
                 "val_v2t_R1": round(val["v2t"]["R1"], 4),
@@ -132,14 +178,16 @@ def run(params: Params, features_dir: Path, dataset: str, variant_name: str, see
             }
         )
         log.info(
-            "epoch %d: loss %.4f, val t2v R@1 %.1f, %s %.2f (%.1f s)",
-            epoch, log_rows[-1]["loss"], val["t2v"]["R1"], cfg.selection_metric, score, time.perf_counter() - start,
+            "epoch %d: loss %s, val t2v R@1 %.1f, %s %.2f (%.1f s)",
+            epoch, progress["log_rows"][-1]["loss"], val["t2v"]["R1"], cfg.selection_metric, score, time.perf_counter() - start,
         )
-        if score > best:
-            best, best_epoch = score, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if score > progress["best"]:
+            progress["best"], progress["best_epoch"] = score, epoch
+            progress["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        progress["epoch"], progress["order"] = epoch + 1, None
+        save()
 
-    model.load_state_dict(best_state)
+    model.load_state_dict(progress["best_state"])
     meta = {
         "dataset": dataset,
         "variant_name": variant_name,
@@ -151,12 +199,14 @@ def run(params: Params, features_dir: Path, dataset: str, variant_name: str, see
         "num_frames": store.meta["num_frames"],
         "logit_scale_max": cfg.logit_scale_max,
         "selection_metric": cfg.selection_metric,
-        "best_epoch": best_epoch,
-        "best_val_score": best,
+        "best_epoch": progress["best_epoch"],
+        "best_val_score": progress["best"],
     }
-    save_checkpoint(model, meta, model_out)
+    save_checkpoint(model.cpu(), meta, model_out)
     with atomic_file(log_out) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
         writer.writeheader()
-        writer.writerows(log_rows)
-    log.info("train: selected epoch %d (val %s %.2f) → %s", best_epoch, cfg.selection_metric, best, model_out)
+        writer.writerows(progress["log_rows"])
+    if state_dir is not None:
+        resume.clear_state(state_dir)
+    log.info("train: selected epoch %d (val %s %.2f) → %s", progress["best_epoch"], cfg.selection_metric, progress["best"], model_out)

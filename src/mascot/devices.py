@@ -1,0 +1,33 @@
+"""Where a stage computes, and in which precision: CUDA when present, the CPU otherwise, one code path."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("`train.device: cuda` but no CUDA device is visible; use `auto` or `cpu`.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision on CUDA (bf16 or fp16); the CPU always computes in fp32."""
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling, needed for fp16 only (disabled, a pass-through, otherwise)."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
