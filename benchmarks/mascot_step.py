@@ -46,7 +46,7 @@ def step_times(variant: VariantConfig, model_name: str, batch: int, frames: int,
     times = []
     for i in range(warmup + repeats):
         start = time.perf_counter()
-        loss = objective(tokens, mask, text)
+        loss = objective(tokens, mask, text)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

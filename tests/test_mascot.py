@@ -284,7 +284,7 @@ def test_mascot_fits_eight_pairs(tiny_features):
     opt = optimizer_for(objective, TrainConfig(lr=2e-3, clip_lr_scale=1.0))
     objective.train()
     for _ in range(60):
-        loss = objective(tokens, mask, text)
+        loss = objective(tokens, mask, text)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -17,6 +17,7 @@ from torch import nn
 
 from .clip_model import TowerOutput
 from .config import VariantConfig
+from .distributed import gather
 from .isc import ISCDecoder, completion_loss
 from .masking import InformedMasks, informed_masks, patch_scores
 from .model import RetrievalModel, contrastive
@@ -65,8 +66,9 @@ class Objective(nn.Module):
         """Heads that are not CLIP's (the temporal module, the ISC decoder) train at the full lr."""
         return self.model.is_new_module(name.removeprefix("model.")) if name.startswith("model.") else True
 
-    def forward(self, tokens: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
-        return self.step(tokens, frame_mask, text_tokens).terms["loss"]
+    def forward(self, tokens: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss terms (what DistributedDataParallel wraps; `step` also returns the views)."""
+        return self.step(tokens, frame_mask, text_tokens).terms
 
     def step(self, tokens: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor) -> Step:
         """tokens (B, T, 1+N, W) cached, frame_mask (B, T), text_tokens (B, L): pair i is video i, caption i."""
@@ -77,7 +79,9 @@ class Objective(nn.Module):
         text_feature, text_states = model.text(text_tokens, return_tokens=True)
         text = F.normalize(text_feature, dim=-1)
         scale = model.scale()
-        logits = {"full": scale * text @ model.pool(full.embedding, frame_mask).t()}
+        # Contrastive terms use the global batch: embeddings gathered over processes (identity in one).
+        text_all = gather(text)
+        logits = {"full": scale * text_all @ gather(model.pool(full.embedding, frame_mask)).t()}
         terms = {"nce": contrastive(logits["full"])}
         views = {"full": full}
         if not masking:
@@ -91,7 +95,7 @@ class Objective(nn.Module):
         for i, name in enumerate(VIEWS):
             part = slice(i * len(valid), (i + 1) * len(valid))
             views[name] = TowerOutput(both.embedding[part], both.patches[part], None)
-            logits[name] = scale * text @ model.pool(views[name].embedding, frame_mask).t()
+            logits[name] = scale * text_all @ gather(model.pool(views[name].embedding, frame_mask)).t()
         terms["nce_masked"] = (contrastive(logits["high"]) + contrastive(logits["low"])) / 2
         terms["kl"] = dual_kl(logits, cfg.dual.anchor)
         loss = terms["nce"] + cfg.dual.weight * terms["nce_masked"] + cfg.dual.kl_weight * terms["kl"]

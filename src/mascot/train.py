@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import resume
+from . import distributed, resume
 from .atomic import atomic_file
 from .clip_model import create_clip
 from .config import Params, TrainConfig
@@ -100,10 +100,14 @@ def run(
     if len(train_rows) < 2 or len(store.videos("val")) == 0:
         raise MascotError(f"{features_dir}: training needs at least 2 training captions and a non-empty val split.")
 
+    rank, processes = distributed.init_from_env()
     device = select_device(cfg.device)
     seed_everything(seed)
     model = RetrievalModel(create_clip(params.clip), cfg.trainable_blocks, variant, store.meta["num_frames"], cfg.logit_scale_max)
     objective = Objective(model, variant).to(device).train()
+    trainer = objective
+    if processes > 1:
+        trainer = torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = optimizer_for(objective, cfg)
     batch = min(cfg.batch_size, len(train_rows))
     steps_per_epoch = len(train_rows) // batch
@@ -114,7 +118,7 @@ def run(
 
     run_id = resume.fingerprint(
         {"params": params.model_dump(include={"clip", "train", "evaluate"}), "variant": variant.model_dump(), "seed": seed,
-         "features": store.meta, "train_rows": len(train_rows), "device": device.type}
+         "features": store.meta, "train_rows": len(train_rows), "device": device.type, "processes": processes}
     )
     # Progress: the next epoch and step within it, that epoch's data order and loss sums, the log and the best epoch.
     progress = {"epoch": 1, "next_step": 0, "step": 0, "order": None, "sums": {}, "log_rows": [], "best": -math.inf, "best_epoch": 0, "best_state": {}}
@@ -129,7 +133,7 @@ def run(
         log.info("train: resuming %s/%s seed %d at epoch %d, step %d", dataset, variant_name, seed, progress["epoch"], progress["step"])
 
     def save() -> None:
-        if state_dir is not None:
+        if state_dir is not None and rank == 0:
             resume.save_state(state_dir, {
                 "fingerprint": run_id, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": resume.rng_state(generator), "progress": progress,
@@ -142,10 +146,10 @@ def run(
         order = progress["order"].numpy()
         bar = tqdm(range(progress["next_step"], steps_per_epoch), desc=f"train {dataset}/{variant_name} epoch {epoch}", disable=None)
         for i in bar:
-            rows = order[i * batch : (i + 1) * batch]
+            rows = distributed.shard(order[i * batch : (i + 1) * batch], rank, processes)
             tokens, mask = store.video_batch(caption_video[rows])
             with autocast(device, cfg.precision):
-                terms = objective.step(tokens.to(device), mask.to(device), store.text_batch(rows).to(device)).terms
+                terms = trainer(tokens.to(device), mask.to(device), store.text_batch(rows).to(device))
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 raise MascotError(f"train {dataset}/{variant_name}: the loss became {loss.item()} at step {p['step']}; lower train.lr.")
@@ -187,6 +191,8 @@ def run(
         progress["epoch"], progress["order"] = epoch + 1, None
         save()
 
+    if rank > 0:  # every process trained the same weights; the first one writes the outputs
+        return
     model.load_state_dict(progress["best_state"])
     meta = {
         "dataset": dataset,

@@ -1,0 +1,61 @@
+"""Multi-process training (torchrun) with the global batch as contrastive negatives.
+
+A single process needs no launcher: every helper here is the identity when no process group is
+initialised. Under `torchrun --nproc_per_node N python -m mascot train ...` each process takes 1/N of
+every global batch; text and video embeddings are all-gathered *with gradients*, so every process
+computes the loss over the same global similarity matrix, and DistributedDataParallel averages the
+parameter gradients. The gather's backward sums the gradient of each slice over the processes, which,
+after DDP's average, is exactly the single-process gradient on the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env() -> tuple[int, int]:
+    """Join the process group torchrun describes in the environment (nothing to do otherwise)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return world()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.size = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every process holds the same global loss: sum their slices' gradients
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x (equal first dimension on every process) over processes, keeping gradients."""
+    return _GatherWithGrad.apply(x) if world()[1] > 1 else x
+
+
+def shard(rows, rank: int, size: int):
+    """This process's contiguous share of a global batch (the gather restores the global order)."""
+    if len(rows) % size:
+        raise ValueError(f"a global batch of {len(rows)} does not split over {size} processes; make train.batch_size a multiple of it")
+    local = len(rows) // size
+    return rows[rank * local : (rank + 1) * local]
