@@ -1,0 +1,25 @@
+"""The benchmark scripts run (in their small settings) and print their tables."""
+
+import os
+import subprocess
+import sys
+
+from .conftest import REPO
+
+
+def _run(*args: str) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_gpu_check_smoke_runs_on_cpu():
+    out = _run("benchmarks/gpu_check.py", "--smoke")
+    assert "| feature caching, whole tower |" in out and "frames/s" in out
+    assert "| MASCOT training, batch 4 × 3 frames, K = 2 |" in out and "steps/s" in out
+
+
+def test_mascot_step_benchmark_prints_the_ratio():
+    out = _run("benchmarks/mascot_step.py", "--configs", "mascot-tiny", "--batch", "4", "--repeats", "1", "--warmup", "0")
+    row = next(line for line in out.splitlines() if line.startswith("| mascot-tiny"))
+    assert row.rstrip(" |").endswith("×")
