@@ -108,21 +108,21 @@ def embedding_metrics(
     DSL re-weights each score by a softmax over the *queries*: for text→video over all captions of
     the split (so it uses the test queries jointly), for video→text over all videos.
     """
-    text, video = np.asarray(text, np.float64), np.asarray(video, np.float64)
+    text, video = np.asarray(text), np.asarray(video, np.float64)  # caption chunks are widened one at a time
     caption_video = np.asarray(caption_video, dtype=np.int64)
     nc, nv = len(text), len(video)
     views = {"plain": lambda s: s}
     if dsl_scale is not None:
         col_lse = np.full(nv, -np.inf)  # log Σ_captions exp(scale · s) per video, for the t2v prior
         for lo in range(0, nc, chunk_size):
-            col_lse = np.logaddexp(col_lse, _logsumexp(dsl_scale * (text[lo : lo + chunk_size] @ video.T), axis=0))
+            col_lse = np.logaddexp(col_lse, _logsumexp(dsl_scale * (text[lo : lo + chunk_size].astype(np.float64) @ video.T), axis=0))
         views["t2v_dsl"] = lambda s: s * np.exp(dsl_scale * s - col_lse)
         views["v2t_dsl"] = lambda s: dual_softmax(s, dsl_scale, axis=1)
 
     t2v = {name: np.empty(nc, np.int64) for name in ("plain", "t2v_dsl") if name in views}
     best = {name: np.full(nv, -np.inf) for name in ("plain", "v2t_dsl") if name in views}
     for lo in range(0, nc, chunk_size):  # pass 1: text→video ranks, each video's best own caption
-        sim = text[lo : lo + chunk_size] @ video.T
+        sim = text[lo : lo + chunk_size].astype(np.float64) @ video.T
         cv, r = caption_video[lo : lo + chunk_size], np.arange(len(sim))
         for name, rank in t2v.items():
             s = views[name](sim)
@@ -131,7 +131,7 @@ def embedding_metrics(
             np.maximum.at(b, cv, views[name](sim)[r, cv])
     v2t = {name: np.ones(nv, np.int64) for name in best}
     for lo in range(0, nc, chunk_size):  # pass 2: captions scoring above each video's best own one
-        sim = text[lo : lo + chunk_size] @ video.T
+        sim = text[lo : lo + chunk_size].astype(np.float64) @ video.T
         for name, rank in v2t.items():
             rank += (views[name](sim) > best[name][None, :]).sum(axis=0)
     if np.isinf(best["plain"]).any():
