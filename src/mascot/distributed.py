@@ -1,7 +1,7 @@
 """Multi-process training (torchrun) with the global batch as contrastive negatives.
 
 A single process needs no launcher: every helper here is the identity when no process group is
-initialised. Under `torchrun --nproc_per_node N python -m mascot train ...` each process takes 1/N of
+initialised. Under `torchrun --nproc_per_node N -m mascot train ...` each process takes 1/N of
 every global batch; text and video embeddings are all-gathered *with gradients*, so every process
 computes the loss over the same global similarity matrix, and DistributedDataParallel averages the
 parameter gradients. The gather's backward sums the gradient of each slice over the processes, which,
