@@ -29,6 +29,9 @@ def test_train_then_evaluate(tmp_path, tiny_features, tiny_params):
     train.run(params, tiny_features, "synthetic", "seqTransf", 0, model_out, log_out)
     rows = list(csv.DictReader(log_out.open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+    steps = list(csv.DictReader((tmp_path / "log.steps.csv").open()))
+    assert [int(r["step"]) for r in steps] == list(range(1, int(rows[-1]["step"]) + 1))
+    assert (tmp_path / "log.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the training-curve image
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     model, meta = load_checkpoint(model_out)
     best = max(rows, key=lambda r: float(r["val_score"]))
@@ -138,7 +141,8 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_features, tiny_params
     train.run(params, tiny_features, "synthetic", variant, 1, tmp_path / "m.pt", tmp_path / "m.csv", tmp_path / "state")
     ref, got = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("ref", "m"))
     assert all(torch.equal(ref["state_dict"][k], got["state_dict"][k]) for k in ref["state_dict"])
-    assert (tmp_path / "m.csv").read_text() == (tmp_path / "ref.csv").read_text()
+    for log in ("csv", "steps.csv", "png"):
+        assert (tmp_path / f"m.{log}").read_bytes() == (tmp_path / f"ref.{log}").read_bytes()
     assert ref["meta"] == got["meta"]
 
 

@@ -8,7 +8,6 @@ run continues exactly where it stopped (see resume.py).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import random
@@ -20,7 +19,6 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, resume
-from .atomic import atomic_file
 from .clip_model import create_clip
 from .config import Params, TrainConfig
 from .devices import autocast, grad_scaler, select_device
@@ -29,6 +27,7 @@ from .evaluate import evaluate_split, save_checkpoint
 from .features import FeatureStore
 from .model import RetrievalModel
 from .objective import Objective
+from .train_log import EPOCH_FIELDS, STEP_FIELDS, TERMS, curve_path, plot_curves, steps_path, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,6 @@ def selection_score(metrics: dict, name: str) -> float:
     if name == "t2v_R1":
         return metrics["t2v"]["R1"]
     return sum(metrics[d][k] for d in ("t2v", "v2t") for k in ("R1", "R5", "R10"))
-
-
-# No wall-clock column: the log is tracked in git and must be identical when a run is reproduced.
-# Loss terms are logged unweighted; the ones a variant does not use stay empty.
-TERMS = ("nce", "nce_masked", "kl", "isc")
-LOG_FIELDS = ("epoch", "step", "loss", *TERMS, "lr", "val_t2v_R1", "val_v2t_R1", "val_score")
 
 
 def run(
@@ -121,7 +114,7 @@ def run(
          "features": store.meta, "train_rows": len(train_rows), "device": device.type, "processes": processes}
     )
     # Progress: the next epoch and step within it, that epoch's data order and loss sums, the log and the best epoch.
-    progress = {"epoch": 1, "next_step": 0, "step": 0, "order": None, "sums": {}, "log_rows": [], "best": -math.inf, "best_epoch": 0, "best_state": {}}
+    progress = {"epoch": 1, "next_step": 0, "step": 0, "order": None, "sums": {}, "log_rows": [], "step_rows": [], "best": -math.inf, "best_epoch": 0, "best_state": {}}
     state = resume.load_state(state_dir, run_id) if state_dir else None
     if state is not None:
         objective.load_state_dict(state["objective"])
@@ -144,7 +137,7 @@ def run(
         if progress["order"] is None:
             progress["order"], progress["sums"], progress["next_step"] = torch.from_numpy(generator.permutation(train_rows)), {}, 0
         order = progress["order"].numpy()
-        bar = tqdm(range(progress["next_step"], steps_per_epoch), desc=f"train {dataset}/{variant_name} epoch {epoch}", disable=None)
+        bar = tqdm(range(progress["next_step"], steps_per_epoch), desc=f"train {dataset}/{variant_name} epoch {epoch}", unit="step", disable=None)
         for i in bar:
             rows = distributed.shard(order[i * batch : (i + 1) * batch], rank, processes)
             tokens, mask = store.video_batch(caption_video[rows])
@@ -161,11 +154,17 @@ def run(
             scaler.update()
             scheduler.step()
             model.clamp_logit_scale()
-            for name, value in terms.items():
-                progress["sums"][name] = progress["sums"].get(name, 0.0) + value.item()
+            values = {name: value.item() for name, value in terms.items()}
+            for name, value in values.items():
+                progress["sums"][name] = progress["sums"].get(name, 0.0) + value
             progress["step"] += 1
             progress["next_step"] = i + 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            progress["step_rows"].append(
+                {"step": progress["step"], "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+                | {name: round(values[name], 6) if name in values else "" for name in ("loss", *TERMS)}
+            )
+            if not bar.disable:
+                bar.set_postfix(loss=f"{values['loss']:.3f}", videos_per_s=f"{batch * (bar.format_dict.get('rate') or 0.0):.1f}")
             if cfg.checkpoint_every and progress["step"] % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
                 save()
         val = evaluate_split(model, store, "val", params.evaluate)  # no DSL: selection on plain scores
@@ -209,10 +208,9 @@ def run(
         "best_val_score": progress["best"],
     }
     save_checkpoint(model.cpu(), meta, model_out)
-    with atomic_file(log_out) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(progress["log_rows"])
+    write_csv(log_out, EPOCH_FIELDS, progress["log_rows"])
+    write_csv(steps_path(log_out), STEP_FIELDS, progress["step_rows"])
+    plot_curves(curve_path(log_out), f"{dataset} / {variant_name} / seed {seed}", progress["step_rows"], progress["log_rows"], progress["best_epoch"])
     if state_dir is not None:
         resume.clear_state(state_dir)
     log.info("train: selected epoch %d (val %s %.2f) → %s", progress["best_epoch"], cfg.selection_metric, progress["best"], model_out)
