@@ -90,3 +90,10 @@ def test_dsl_known_answer_down_weights_a_hub_video():
     out = embedding_metrics(text, video, np.array([1, 0]), dsl_scale=10.0)
     assert out["t2v"]["R1"] == 50.0  # plain: caption 0 ranks its video second
     assert out["dsl"]["t2v"]["R1"] == 100.0  # the prior over captions demotes the hub for caption 0
+
+
+def test_streaming_metrics_need_a_caption_per_video():
+    from mascot.metrics import embedding_metrics
+
+    with pytest.raises(ValueError, match="at least one caption"):
+        embedding_metrics(np.eye(2), np.eye(3)[:, :2], np.array([0, 1]))

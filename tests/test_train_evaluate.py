@@ -154,3 +154,19 @@ def test_a_state_from_other_settings_is_not_resumed(tmp_path, tiny_features, tin
     train.run(tiny_params, tiny_features, "synthetic", "meanP", 0, tmp_path / "m.pt", tmp_path / "m.csv", state)
     train.run(tiny_params, tiny_features, "synthetic", "meanP", 0, tmp_path / "r.pt", tmp_path / "r.csv")
     assert (tmp_path / "m.csv").read_text() == (tmp_path / "r.csv").read_text()
+
+
+def test_a_non_finite_loss_stops_with_a_clear_error(tmp_path, tiny_features, tiny_params, monkeypatch):
+    from mascot.objective import Objective
+
+    original = Objective.step
+
+    def diverged(self, *args, **kwargs):
+        step = original(self, *args, **kwargs)
+        step.terms["loss"] = step.terms["loss"] * float("nan")
+        return step
+
+    monkeypatch.setattr(Objective, "step", diverged)
+    with pytest.raises(MascotError, match=r"loss became nan at step 0; lower train.lr"):
+        train.run(tiny_params, tiny_features, "synthetic", "meanP", 0, tmp_path / "m.pt", tmp_path / "m.csv")
+    assert not (tmp_path / "m.pt").exists()

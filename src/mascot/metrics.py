@@ -102,8 +102,8 @@ def embedding_metrics(
     text: np.ndarray, video: np.ndarray, caption_video: Sequence[int], chunk_size: int = 1024, dsl_scale: float | None = None
 ) -> dict:
     """Both directions (and, with `dsl_scale`, the DSL post-processed ones) from L2-normalised
-    embeddings, without ever holding the captions × videos matrix: two passes over caption chunks,
-    memory O(chunk × videos).
+    embeddings, without ever holding the captions × videos matrix: two passes over caption chunks
+    (three with DSL), memory O(chunk × videos).
 
     DSL re-weights each score by a softmax over the *queries*: for text→video over all captions of
     the split (so it uses the test queries jointly), for video→text over all videos.
@@ -111,6 +111,8 @@ def embedding_metrics(
     text, video = np.asarray(text), np.asarray(video, np.float64)  # caption chunks are widened one at a time
     caption_video = np.asarray(caption_video, dtype=np.int64)
     nc, nv = len(text), len(video)
+    if np.bincount(caption_video, minlength=nv).min(initial=1) == 0:
+        raise ValueError("every video needs at least one caption")
     views = {"plain": lambda s: s}
     if dsl_scale is not None:
         col_lse = np.full(nv, -np.inf)  # log Σ_captions exp(scale · s) per video, for the t2v prior
@@ -134,8 +136,6 @@ def embedding_metrics(
         sim = text[lo : lo + chunk_size].astype(np.float64) @ video.T
         for name, rank in v2t.items():
             rank += (views[name](sim) > best[name][None, :]).sum(axis=0)
-    if np.isinf(best["plain"]).any():
-        raise ValueError("every video needs at least one caption")
     out = {"t2v": summarize(t2v["plain"]), "v2t": summarize(v2t["plain"])}
     if dsl_scale is not None:
         out["dsl"] = {"t2v": summarize(t2v["t2v_dsl"]), "v2t": summarize(v2t["v2t_dsl"]), "scale": float(dsl_scale)}

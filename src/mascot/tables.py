@@ -30,6 +30,8 @@ SHORT = {"t2v": "T→V", "v2t": "V→T"}
 VALUE_COLUMNS = [f"{d}_{m}" for d in DIRECTIONS for m in METRICS]
 MAIN_TABLE = "main"  # the table that also shows published rows
 NOT_TRANSCRIBED = "not yet transcribed"
+POST_HEADING = "Post-processed: DSL (dual softmax over all test queries), not comparable to the rows above"
+PUBLISHED_HEADING = "Published (not measured here)"
 
 
 def collect(metrics_dir: Path) -> pd.DataFrame:
@@ -102,10 +104,6 @@ def published_rows(rows: list[PublishedRow]) -> tuple[list[list[str]], list[str]
             cells = ["–" if row.value(d, m) is None else f"{row.value(d, m):.1f}" for d in DIRECTIONS for m in METRICS]
         out.append([label, "published"] + cells)
     return out, [f"[{i}] {s}" for i, s in enumerate(sources, 1)]
-
-
-POST_HEADING = "Post-processed: DSL (dual softmax over all test queries), not comparable to the rows above"
-PUBLISHED_HEADING = "Published (not measured here)"
 
 
 def to_markdown(title: str, sections: dict[str, list[list[str]]], notes: list[str], test_videos: int) -> str:

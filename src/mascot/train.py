@@ -145,7 +145,7 @@ def run(
                 terms = trainer(tokens.to(device), mask.to(device), store.text_batch(rows).to(device))
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                raise MascotError(f"train {dataset}/{variant_name}: the loss became {loss.item()} at step {p['step']}; lower train.lr.")
+                raise MascotError(f"train {dataset}/{variant_name}: the loss became {loss.item()} at step {progress['step']}; lower train.lr.")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

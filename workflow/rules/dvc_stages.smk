@@ -55,17 +55,22 @@ def _inputs(deps, produced):
     return inputs
 
 
+def load_resources(path, stages):
+    """workflow/resources.yaml, checked once against the stage names of dvc.yaml."""
+    table = yaml.safe_load(Path(path).read_text())
+    unknown = set(table["stages"]) - {s["address"].split("@")[0] for s in stages}
+    if unknown:
+        raise ValueError(f"{path} names stages that dvc.yaml does not have: {sorted(unknown)}")
+    return table
+
+
 def stage_resources(address, table):
     """threads / mem_mb / runtime / gpu of a stage (`train@synthetic-meanP-0` → `train`)."""
-    name = address.split("@")[0]
-    unknown = set(table["stages"]) - {s["address"].split("@")[0] for s in DVC_STAGES}
-    if unknown:
-        raise ValueError(f"workflow/resources.yaml names stages that dvc.yaml does not have: {sorted(unknown)}")
-    return {**table["default"], **table["stages"].get(name, {})}
+    return {**table["default"], **table["stages"].get(address.split("@")[0], {})}
 
 
 DVC_STAGES = resolved_stages(workflow.basedir)
-RESOURCES = yaml.safe_load((Path(workflow.basedir) / "workflow" / "resources.yaml").read_text())
+RESOURCES = load_resources(Path(workflow.basedir) / "workflow" / "resources.yaml", DVC_STAGES)
 PRODUCED = [o for s in DVC_STAGES for o in s["outs"]]
 
 
