@@ -40,7 +40,7 @@ def tiny_raw(tmp_path_factory, tiny_params) -> Path:
 
     raw = tmp_path_factory.mktemp("synthetic") / "raw"
     raw.mkdir()
-    get_dataset("synthetic", tiny_params.dataset("synthetic")).download(raw)
+    get_dataset("synthetic", tiny_params.dataset("synthetic")).download(raw, tmp_path_factory.mktemp("cache"))
     return raw
 
 

@@ -12,7 +12,7 @@ def test_deterministic_and_decodable(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
         d.mkdir()
-        get_dataset("synthetic", cfg).download(d)
+        get_dataset("synthetic", cfg).download(d, d / "cache")
     assert (a / "annotations.json").read_bytes() == (b / "annotations.json").read_bytes()
     for video in sorted((a / "videos").glob("*.mp4")):
         assert video.read_bytes() == (b / "videos" / video.name).read_bytes()
@@ -41,6 +41,6 @@ def test_splits_and_schema(tiny_raw, tiny_params):
 def test_foreground_differs_from_background_statistics(tmp_path):
     # The shape is drawn on top of a textured, palette-coloured background: frames are not flat.
     cfg = SyntheticConfig(videos={"train": 1, "val": 1, "test": 1})
-    get_dataset("synthetic", cfg).download(tmp_path)
+    get_dataset("synthetic", cfg).download(tmp_path, tmp_path / "cache")
     frame = decord.VideoReader(str(sorted((tmp_path / "videos").glob("*.mp4"))[0]))[0].asnumpy()
     assert np.std(frame.astype(float)) > 20

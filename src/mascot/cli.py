@@ -21,8 +21,9 @@ def _download(args, params):
     from .datasets import get_dataset
 
     dataset = get_dataset(args.dataset, params.dataset(args.dataset))
+    cache = args.cache or args.out.parent / ".downloads"
     with atomic_dir(args.out) as tmp:
-        dataset.download(tmp)
+        dataset.download(tmp, cache)
 
 
 def _annotations(args, params):
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("download", _download, "Obtain a dataset's raw videos and annotation files (synthetic: generate them).")
     p.add_argument("--dataset", required=True, help="registry name, e.g. synthetic")
     p.add_argument("--out", type=Path, required=True, help="raw folder to create")
+    p.add_argument(
+        "--cache", type=Path, default=None,
+        help="download cache that survives failures, so downloads resume (default: .downloads beside --out)",
+    )
 
     p = stage("annotations", _annotations, "Parse a dataset's annotation files into the normalized parquet table.")
     p.add_argument("--dataset", required=True)

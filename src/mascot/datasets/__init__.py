@@ -37,8 +37,11 @@ class DatasetSource(ABC):
         self.config = config
 
     @abstractmethod
-    def download(self, raw_dir: Path) -> None:
-        """Fill the empty folder `raw_dir` with the dataset's videos and original annotation files."""
+    def download(self, raw_dir: Path, cache_dir: Path) -> None:
+        """Fill the empty folder `raw_dir` with the dataset's videos and original annotation files.
+
+        `cache_dir` survives a failed run (partial downloads resume from it); `raw_dir` does not.
+        """
 
     @abstractmethod
     def read_annotations(self, raw_dir: Path) -> pd.DataFrame:
@@ -72,4 +75,4 @@ def get_dataset(name: str, config: DatasetConfig) -> DatasetSource:
 
 
 # Entries register themselves on import.
-from . import synthetic  # noqa: E402,F401
+from . import activitynet, didemo, lsmdc, msrvtt, synthetic  # noqa: E402,F401

@@ -186,7 +186,7 @@ class SyntheticDataset(DatasetSource):
     Config = SyntheticConfig
     ANNOTATION_FILE = "annotations.json"
 
-    def download(self, raw_dir: Path) -> None:
+    def download(self, raw_dir: Path, cache_dir: Path) -> None:
         cfg = self.config
         video_dir = self.video_root(raw_dir)
         video_dir.mkdir(parents=True)

@@ -1,0 +1,256 @@
+"""What the four real benchmarks share: remote files, placement by hand, completeness, val carving.
+
+A real dataset's raw folder always has the same layout, whether its files were downloaded or
+placed by hand under `source_dir`:
+
+  annotations/<file>   the original annotation files, byte for byte
+  videos/<video_path>  the videos (`video_path` of the normalized table)
+  missing_videos.txt   videos the annotations name but the folder lacks (within the threshold)
+
+Files are hard-linked from `source_dir` or from the download cache (no second copy on the same
+filesystem), so DVC versions them without duplicating terabytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm import tqdm
+
+from ..download import DownloadError, fetch, link_or_copy, safe_extract, verify
+from ..errors import MascotError
+from . import DatasetConfig, DatasetSource
+
+log = logging.getLogger(__name__)
+ANNOTATIONS = "annotations"
+MISSING = "missing_videos.txt"
+
+
+class RemoteFile(BaseModel):
+    """One file to obtain: a plain file or an archive whose folder `root` is unpacked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: str | None = Field(None, description="where to download it (null: it must be placed by hand)")
+    checksum: str | None = Field(None, description="sha256:<hex> | md5:<hex> | gitblob:<hex> of the downloaded file")
+    archive: bool = Field(False, description="unpack it (zip or tar) instead of keeping it")
+    root: str = Field("", description="folder inside the archive whose contents are kept")
+    dest: str = Field(ANNOTATIONS, description="folder of the raw layout it goes to (annotations | videos)")
+    members: dict[str, str | None] = Field(
+        default_factory=dict, description="files it provides (name → checksum or null), checked after placement"
+    )
+
+
+def _deep_merge(default: dict, override: dict) -> dict:
+    out = dict(default)
+    for key, value in override.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class RemoteDatasetConfig(DatasetConfig):
+    """Keys every real dataset has; `files` are merged key by key over the entry's defaults."""
+
+    source_dir: str | None = Field(
+        None, description="folder with files placed by hand, in the raw layout (annotations/, videos/); used before any URL"
+    )
+    files: dict[str, RemoteFile] = Field(default_factory=dict, description="remote files by name (override single keys)")
+    max_missing_fraction: float = Field(
+        0.01, ge=0, le=1, description="fail when more than this fraction of the annotated videos is missing"
+    )
+    download_workers: int = Field(8, ge=1, description="parallel per-video downloads")
+
+    DEFAULT_FILES: ClassVar[dict[str, dict]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_default_files(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**data, "files": _deep_merge(cls.DEFAULT_FILES, data.get("files") or {})}
+        return data
+
+
+class CarvedValConfig(RemoteDatasetConfig):
+    """Datasets whose official release has no validation split: one is carved from train."""
+
+    val_videos: int = Field(500, ge=1, description="training videos held out for model selection (ours)")
+    val_seed: int = Field(0, description="seed of the held-out draw (fixed, so every run selects on the same videos)")
+
+
+def carve_val(train_ids: list[str], n: int, seed: int, source: str) -> set[str]:
+    """A fixed random subset of `train_ids` (sorted first, so file order does not matter)."""
+    ids = sorted(set(train_ids))
+    if n >= len(ids):
+        raise MascotError(f"{source}: val_videos = {n} leaves no training videos (the train split has {len(ids)}).")
+    picked = np.random.default_rng(seed).choice(len(ids), size=n, replace=False)
+    return {ids[i] for i in picked}
+
+
+def read_text_lines(path: Path) -> list[str]:
+    return [line for line in annotation(path).read_text().splitlines() if line.strip()]
+
+
+def annotation(path: Path) -> Path:
+    """`path`, or a clear error naming the file when it is absent."""
+    if not path.is_file():
+        raise MascotError(
+            f"{path}: annotation file not found. Run the download stage, or place the file by hand under "
+            "`<source_dir>/annotations/` (README, section Datasets)."
+        )
+    return path
+
+
+class RemoteDataset(DatasetSource):
+    """A real dataset: obtain files (source_dir first, then URLs), place them, check completeness."""
+
+    Config: ClassVar[type[RemoteDatasetConfig]] = RemoteDatasetConfig
+    config: RemoteDatasetConfig
+
+    def download(self, raw_dir: Path, cache_dir: Path) -> None:
+        raw_dir, cache_dir = Path(raw_dir), Path(cache_dir)
+        source = Path(self.config.source_dir).expanduser() if self.config.source_dir else None
+        if source is not None and not source.is_dir():
+            raise MascotError(f"data.{self.name}.source_dir = {source}: no such folder. Fix the path or set it to null.")
+        for name, spec in self.config.files.items():
+            self._obtain(name, spec, source, raw_dir, cache_dir)
+        table = self.read_annotations(raw_dir)
+        self._fetch_videos(table, source, raw_dir, cache_dir)
+        self.check_complete(table, raw_dir)
+
+    def _placed(self, spec: RemoteFile, source: Path | None) -> list[Path] | None:
+        """The members of `spec` under `source`, when all of them were placed by hand."""
+        if source is None or not spec.members:
+            return None
+        found = [source / spec.dest / m for m in spec.members]
+        return found if all(p.is_file() for p in found) else None
+
+    def _obtain(self, name: str, spec: RemoteFile, source: Path | None, raw_dir: Path, cache_dir: Path) -> None:
+        what = f"data.{self.name}.files.{name}"
+        target = raw_dir / spec.dest
+        if spec.dest == "videos" and source is not None and (source / "videos").is_dir():
+            return  # videos placed by hand are linked one by one once the annotations are read
+        placed = self._placed(spec, source)
+        if placed is not None:
+            for path in placed:
+                link_or_copy(path, target / path.name)
+        elif spec.url is None:
+            wanted = ", ".join(spec.members) or name
+            raise MascotError(
+                f"{what}: {wanted} has no download URL and is not under source_dir "
+                f"({source / spec.dest if source else 'data.' + self.name + '.source_dir is not set'}). "
+                f"Place it there by hand (README, section Datasets) or set {what}.url."
+            )
+        else:
+            filename = spec.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or name
+            cached = fetch(spec.url, cache_dir / name / filename, spec.checksum, what=what)
+            if spec.archive:
+                safe_extract(cached, target, spec.root)
+            else:
+                link_or_copy(cached, target / (next(iter(spec.members), None) or filename))
+        for member, checksum in spec.members.items():
+            path = target / member
+            if not path.is_file():
+                raise DownloadError(
+                    f"{what}: {member} is missing after placing {name}; the archive's layout may have changed. "
+                    f"Check `root` and `members` of {what} in params.yaml."
+                )
+            verify(path, checksum, what)
+
+    def video_url(self, video_path: str, raw_dir: Path) -> str | None:
+        """Where one video is downloaded from (None: the dataset has no per-video source)."""
+        return None
+
+    def _fetch_videos(self, table: pd.DataFrame, source: Path | None, raw_dir: Path, cache_dir: Path) -> None:
+        """Link videos placed by hand, then download the others that have a per-video URL."""
+        video_dir = self.video_root(raw_dir)
+        wanted = [p for p in table["video_path"].unique() if not (video_dir / p).is_file()]
+        if source is not None and (source / "videos").is_dir():
+            still = []
+            for rel in wanted:
+                placed = source / "videos" / rel
+                if placed.is_file():
+                    link_or_copy(placed, video_dir / rel)
+                else:
+                    still.append(rel)
+            wanted = still
+        jobs = [(rel, url) for rel in wanted if (url := self.video_url(rel, raw_dir))]
+        if not jobs:
+            return
+
+        def one(job: tuple[str, str]) -> str | None:
+            rel, url = job
+            try:
+                cached = fetch(url, cache_dir / "videos" / rel, None, retries=2, progress=False, what=f"{self.name} video {rel}")
+            except DownloadError as exc:
+                log.warning("%s", exc)
+                return rel
+            link_or_copy(cached, video_dir / rel)
+            return None
+
+        with ThreadPoolExecutor(self.config.download_workers) as pool:
+            failed = [r for r in tqdm(pool.map(one, jobs), total=len(jobs), desc=f"{self.name} videos", unit="video", disable=None) if r]
+        if failed:
+            log.warning("%s: %d of %d video downloads failed (listed in %s)", self.name, len(failed), len(jobs), MISSING)
+
+    def check_complete(self, table: pd.DataFrame, raw_dir: Path) -> None:
+        """List missing videos in the raw folder; fail when more than the threshold is missing."""
+        video_dir = self.video_root(raw_dir)
+        videos = table.drop_duplicates("video_path")[["video_path", "split"]]
+        present = videos["video_path"].map(lambda p: (video_dir / p).is_file())
+        missing = videos[~present]
+        (Path(raw_dir) / MISSING).write_text("".join(f"{p}\n" for p in sorted(missing["video_path"])))
+        if missing.empty:
+            return
+        per_split = ", ".join(
+            f"{s}: {int((missing['split'] == s).sum())} of {int((videos['split'] == s).sum())}" for s in sorted(set(videos["split"]))
+        )
+        fraction = len(missing) / len(videos)
+        log.warning("%s: %d of %d videos missing (%s)", self.name, len(missing), len(videos), per_split)
+        if fraction > self.config.max_missing_fraction:
+            examples = ", ".join(sorted(missing["video_path"])[:10])
+            raise MascotError(
+                f"{self.name}: {len(missing)} of {len(videos)} annotated videos ({fraction:.1%}) are missing from "
+                f"{video_dir} ({per_split}), more than data.{self.name}.max_missing_fraction = "
+                f"{self.config.max_missing_fraction:.1%}; e.g. {examples}. Place them under "
+                f"<source_dir>/videos/ (README, section Datasets) or raise the threshold to train without them."
+            )
+
+
+def existing_video(video_dir: Path, stem: str, extensions: tuple[str, ...]) -> str:
+    """`stem` + the first extension found in `video_dir` (the first extension when none is there)."""
+    for ext in extensions:
+        if (video_dir / f"{stem}{ext}").is_file():
+            return f"{stem}{ext}"
+    return f"{stem}{extensions[0]}"
+
+
+
+class ParagraphConfig(RemoteDatasetConfig):
+    """Datasets of videos with several timed sentences (ActivityNet Captions, DiDeMo)."""
+
+    paragraph: bool = Field(
+        True, description="paper protocol: all sentences of a video joined into one query over the whole video; "
+        "false: every sentence is its own clip with its own time span"
+    )
+
+
+def segment_rows(segments: pd.DataFrame, paragraph: bool, span: tuple[float, float]) -> pd.DataFrame:
+    """Rows of the normalized table from timed sentences (video_id, split, video_path, start, end, sentence).
+
+    Paragraph mode joins the sentences of a video in the order given (the annotators' order) and
+    uses `span` for the video; sentence mode keeps each sentence's own span as a clip `<video>#<k>`.
+    """
+    segments = segments.assign(sentence=segments["sentence"].astype(str).str.strip())
+    if paragraph:
+        grouped = segments.groupby("video_id", sort=False)
+        rows = grouped.agg(split=("split", "first"), video_path=("video_path", "first"), caption=("sentence", " ".join))
+        rows = rows.reset_index().assign(caption_id=lambda d: d["video_id"], start=span[0], end=span[1])
+        return rows
+    k = segments.groupby("video_id", sort=False).cumcount().astype(str)
+    clip = segments["video_id"] + "#" + k
+    return segments.assign(video_id=clip, caption_id=clip, caption=segments["sentence"])
