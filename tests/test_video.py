@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -53,6 +55,117 @@ def test_unreadable_files_raise(tmp_path, tiny_raw, content):
     path.write_bytes(content)
     with pytest.raises(VideoReadError):
         read_clip(path, None, None, 4, 32)
+
+
+# --- videos decord alone gets wrong: made here with FFmpeg, and the real samples when present ---
+
+
+def _ffmpeg(*args: str, stdout=None) -> None:
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", *args], check=True, stdout=stdout)
+
+
+def _testsrc(path, *codec: str) -> None:
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=96x64:rate=10:duration=2", *codec, str(path))
+
+
+def _decoded(path) -> np.ndarray:
+    """Every frame as FFmpeg itself decodes it (display rotation applied), the reference."""
+    import subprocess
+
+    import av
+    import imageio_ffmpeg
+
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+        h, w = frame.height, frame.width
+        if abs(frame.rotation) == 90:
+            h, w = w, h
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-fps_mode", "passthrough",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+
+
+def test_container_without_duration_falls_back_to_sequential_decoding(tmp_path):
+    import decord
+
+    path = tmp_path / "streamed.webm"
+    with open(path, "wb") as out:  # written to a pipe: no duration, no cues
+        _ffmpeg("-f", "lavfi", "-i", "testsrc=size=96x64:rate=10:duration=2", "-c:v", "libvpx-vp9", "-f", "webm", "-", stdout=out)
+    with pytest.raises(Exception):
+        decord.VideoReader(str(path))
+    clip = read_clip(path, None, None, 40, 32)
+    assert clip.decoder == "pyav" and clip.num_valid == 20 and clip.substituted == ()
+    assert np.array_equal(clip.frames[:20], resize_center_crop(_decoded(path), 32))
+
+
+def test_one_undecodable_frame_is_replaced_by_its_neighbour(tmp_path):
+    import av
+
+    path = tmp_path / "intra.mp4"
+    _testsrc(path, "-c:v", "libx264", "-g", "1", "-pix_fmt", "yuv420p")  # every frame decodes on its own
+    good = read_clip(path, None, None, 20, 32)
+    with av.open(str(path)) as c:
+        packets = sorted((p.pts, p.pos) for p in c.demux(video=0) if p.size)
+    with open(path, "r+b") as f:  # an impossible NAL unit size, FFmpeg's error on the real corrupted.mp4
+        f.seek(packets[7][1])
+        f.write(b"\xff\xff\xff\xff")
+    clip = read_clip(path, None, None, 20, 32)
+    assert clip.decoder == "pyav" and clip.num_valid == 20
+    assert clip.substituted == ((7, 6),)
+    assert np.array_equal(clip.frames[7], good.frames[6])
+    keep = [i for i in range(20) if i != 7]
+    assert np.array_equal(clip.frames[keep], good.frames[keep])  # only the unreadable frame is lost
+
+
+@pytest.mark.parametrize("decoder", ["auto", "pyav"])
+def test_display_rotation_is_applied(tmp_path, decoder):
+    base, rotated = tmp_path / "base.mp4", tmp_path / "rotated.mp4"
+    _testsrc(base, "-c:v", "libx264", "-pix_fmt", "yuv420p")
+    _ffmpeg("-display_rotation", "90", "-i", str(base), "-c", "copy", str(rotated))
+    reference = _decoded(rotated)
+    assert reference.shape[1:3] == (96, 64)  # portrait once rotated
+    clip = read_clip(rotated, None, None, 20, 32, decoder=decoder)
+    assert np.array_equal(clip.frames, resize_center_crop(reference, 32))
+    assert not np.array_equal(clip.frames, read_clip(base, None, None, 20, 32).frames)
+
+
+SAMPLES = Path(SHARED_DATA / "videos")
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared sample videos not present")
+# Decoded frame counts measured with ffprobe (SOURCES.md); corrupted.mp4 has 50 frames, 49 decodable.
+FRAME_COUNTS = {
+    "carphone_distorted.mp4": 120, "big_buck_bunny_432_433.webm": 24, "no_duration.webm": 74, "video_90.mov": 3,
+    "flipping_a_pancake.mkv": 310, "mmaction2_test.avi": 164, "var_fps_video.mp4": 300, "corrupted.mp4": 50,
+}
+
+
+@needs_samples
+@pytest.mark.parametrize("name", sorted(FRAME_COUNTS))
+def test_real_samples_every_frame(name):
+    clip = read_clip(SAMPLES / name, None, None, 400, 16)
+    assert clip.num_valid == FRAME_COUNTS[name]
+    assert clip.decoder == ("pyav" if name in ("no_duration.webm", "corrupted.mp4") else "decord")
+    assert clip.substituted == (((30, 29),) if name == "corrupted.mp4" else ())
+
+
+@needs_samples
+@pytest.mark.parametrize("name", sorted(FRAME_COUNTS))
+def test_real_samples_both_decoders_agree(name):
+    auto = read_clip(SAMPLES / name, None, None, 12, 32)
+    pyav = read_clip(SAMPLES / name, None, None, 12, 32, decoder="pyav")
+    assert auto.num_valid == pyav.num_valid and np.array_equal(auto.frames, pyav.frames)
+
+
+@needs_samples
+def test_real_rotated_sample_matches_ffmpeg():
+    reference = _decoded(SAMPLES / "video_90.mov")
+    assert reference.shape[1:3] == (568, 320)
+    for decoder in ("auto", "pyav"):
+        clip = read_clip(SAMPLES / "video_90.mov", None, None, 3, 32, decoder=decoder)
+        assert np.array_equal(clip.frames, resize_center_crop(reference, 32))
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "videos").is_dir(), reason="shared sample videos not present")

@@ -3,12 +3,18 @@
 Sampling takes the centre frame of `num_frames` equal bins over [start, end]. A span shorter than
 `num_frames` decoded frames returns every frame it has and reports how many are valid; the caller
 stores that count so that padded frames are masked, never mistaken for (black) content.
+
+decord seeks straight to the sampled frames, which is what makes extraction fast, but it cannot
+open a container without a duration, and one undecodable frame fails its whole batch. For those
+videos a sequential PyAV pass takes over: it decodes in order, replaces a frame that cannot be
+decoded by the nearest readable one (and reports the substitution), and applies the display
+rotation (decord 0.6.0 applies it too; tests hold both routes to FFmpeg's own rotated output).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,9 @@ class VideoReadError(Exception):
 class Clip:
     frames: np.ndarray  # (num_frames, size, size, 3) uint8; rows >= num_valid are zero padding
     num_valid: int
+    decoder: str = "decord"  # decord | pyav (the sequential fallback)
+    #: (sampled frame index, index of the readable frame used instead) for every unreadable frame
+    substituted: tuple[tuple[int, int], ...] = field(default_factory=tuple)
 
 
 def sample_indices(total: int, fps: float, start: float | None, end: float | None, num_frames: int) -> list[int]:
@@ -43,7 +52,7 @@ def sample_indices(total: int, fps: float, start: float | None, end: float | Non
 
 def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     """Resize the short side to `size` (bicubic, antialiased, as CLIP's preprocessing) and centre-crop."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.require(frames, requirements=["C", "W"])).permute(0, 3, 1, 2).float()
     h, w = x.shape[-2:]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
@@ -53,24 +62,125 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def read_clip(path: str | Path, start: float | None, end: float | None, num_frames: int, size: int) -> Clip:
-    """Decode `num_frames` uniformly sampled frames of `path` with decord, resized and cropped."""
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[-1] if text else type(exc).__name__)[:300]
+
+
+def _clip(frames: np.ndarray, n_indices: int, num_frames: int, size: int, **info) -> Clip:
+    out = np.zeros((num_frames, size, size, 3), np.uint8)
+    out[:n_indices] = resize_center_crop(frames, size)
+    return Clip(out, n_indices, **info)
+
+
+def _read_decord(path: Path, start: float | None, end: float | None, num_frames: int, size: int) -> Clip:
     import decord
 
+    reader = decord.VideoReader(str(path), num_threads=1)
+    indices = sample_indices(len(reader), reader.get_avg_fps(), start, end, num_frames)
+    return _clip(reader.get_batch(indices).asnumpy(), len(indices), num_frames, size)
+
+
+def _rgb(frame) -> np.ndarray:
+    """A PyAV frame as RGB, turned as its display matrix says (rotation in degrees, counter-clockwise)."""
+    image = frame.to_ndarray(format="rgb24")
+    turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    return np.rot90(image, k=turns) if turns else image
+
+
+class _Unordered(Exception):
+    """Decoded frames carry out-of-order timestamps (packed B-frames in AVI): count them instead."""
+
+
+def _decode(path: Path, rank: dict[int, int] | None, targets: set[int]) -> tuple[dict[int, np.ndarray], set[int]]:
+    """Decode `path` in order; the RGB frames of `targets` and the indices of every readable frame.
+
+    Undecodable packets are skipped, not fatal. A frame's index is the rank of its timestamp, so a
+    lost frame does not shift the ones after it; with `rank=None` (or when the timestamps are not
+    increasing, see _Unordered) it is the frame's position in the decoder's output.
+    """
+    import av
+
+    got, readable, counter, last = {}, set(), 0, None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                continue
+            for frame in frames:
+                if rank is None:
+                    index = counter
+                elif frame.pts is None or frame.pts not in rank or (last is not None and frame.pts <= last):
+                    raise _Unordered
+                else:
+                    index, last = rank[frame.pts], frame.pts
+                counter += 1
+                readable.add(index)
+                if index in targets and index not in got:
+                    got[index] = _rgb(frame)
+            if len(got) == len(targets):
+                break
+    return got, readable
+
+
+def _read_sequential(path: Path, start: float | None, end: float | None, num_frames: int, size: int) -> Clip:
+    """PyAV: demux to count and time the frames, decode in order, replace unreadable frames."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoReadError("no video stream")
+        stream = container.streams.video[0]
+        pts = sorted({p.pts for p in container.demux(stream) if p.pts is not None and p.size})
+        rate = stream.average_rate
+        time_base = float(stream.time_base)
+    if not pts:
+        raise VideoReadError("no video packets")
+    seconds = (pts[-1] - pts[0]) * time_base
+    fps = float(rate) if rate else (len(pts) - 1) / seconds if seconds > 0 else 1.0
+    indices = sample_indices(len(pts), fps, start, end, num_frames)
+    rank = {p: i for i, p in enumerate(pts)}
+    try:
+        got, readable = _decode(path, rank, set(indices))
+    except _Unordered:
+        rank = None
+        got, readable = _decode(path, rank, set(indices))
+    if not readable:
+        raise VideoReadError("no frame could be decoded")
+    # An unreadable sampled frame is replaced by the nearest readable one (the earlier on a tie).
+    substituted = {w: min(readable, key=lambda r: (abs(r - w), r)) for w in indices if w not in got}
+    if substituted:
+        extra, _ = _decode(path, rank, set(substituted.values()))
+        got.update({w: extra[r] for w, r in substituted.items()})
+    frames = np.stack([got[i] for i in indices])
+    return _clip(frames, len(indices), num_frames, size, decoder="pyav", substituted=tuple(sorted(substituted.items())))
+
+
+def read_clip(path: str | Path, start: float | None, end: float | None, num_frames: int, size: int, *, decoder: str = "auto") -> Clip:
+    """Decode `num_frames` uniformly sampled frames of `path`, resized and centre-cropped.
+
+    `decoder="auto"` tries decord and falls back to sequential PyAV decoding when decord fails;
+    "pyav" forces the fallback (tests and benchmarks compare the two).
+    """
     path = Path(path)
     if not path.is_file():
         raise VideoReadError("file not found")
     if path.stat().st_size == 0:
         raise VideoReadError("empty file (0 bytes)")
+    first = None
+    if decoder == "auto":
+        try:
+            return _read_decord(path, start, end, num_frames, size)
+        except VideoReadError:
+            raise
+        except Exception as exc:  # decord raises plain RuntimeError/DECORDError subclasses
+            first = f"decord: {_reason(exc)}"
     try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        indices = sample_indices(len(reader), reader.get_avg_fps(), start, end, num_frames)
-        frames = reader.get_batch(indices).asnumpy()
-    except VideoReadError:
-        raise
-    except Exception as exc:  # decord raises plain RuntimeError/DECORDError subclasses
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VideoReadError(f"decord cannot decode it: {reason[:300]}") from None
-    out = np.zeros((num_frames, size, size, 3), np.uint8)
-    out[: len(indices)] = resize_center_crop(frames, size)
-    return Clip(out, len(indices))
+        return _read_sequential(path, start, end, num_frames, size)
+    except VideoReadError as exc:
+        raise VideoReadError("; ".join(filter(None, [first, f"PyAV: {exc}"]))) from None
+    except Exception as exc:  # PyAV raises av.FFmpegError subclasses and friends
+        raise VideoReadError("; ".join(filter(None, [first, f"PyAV: {_reason(exc)}"]))) from None
