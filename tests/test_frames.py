@@ -1,12 +1,21 @@
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from mascot import frames
 from mascot.errors import MascotError
 from mascot.frames import open_frames
+
+from .conftest import SHARED_DATA
 
 
 def test_frames_layout(tiny_frames, tiny_annotations, tiny_params):
@@ -67,3 +76,138 @@ def test_conflicting_spans_are_rejected():
     )
     with pytest.raises(MascotError, match="disagree"):
         frames.video_table(table, "x")
+
+
+# --- parallel, resumable extraction ---
+
+
+def _frames_params(tiny_params, **frames_cfg):
+    return tiny_params.model_copy(update={"frames": tiny_params.frames.model_copy(update=frames_cfg)})
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def serial_frames(tmp_path_factory, tiny_raw, tiny_annotations, tiny_params):
+    out = tmp_path_factory.mktemp("serial") / "frames"
+    frames.run(_frames_params(tiny_params, shard_size=3, workers=1), tiny_annotations, tiny_raw / "videos", out)
+    return out
+
+
+def test_parallel_workers_give_identical_output(tmp_path, serial_frames, tiny_raw, tiny_annotations, tiny_params):
+    out = tmp_path / "frames"
+    frames.run(_frames_params(tiny_params, shard_size=3, workers=2), tiny_annotations, tiny_raw / "videos", out)
+    assert _files(out) == _files(serial_frames)
+    assert not frames.work_dir(out).exists()
+    index = pd.read_parquet(out / "index.parquet")
+    assert len(index["shard"].unique()) == 6 + 2 + 2  # 16 / 6 / 6 videos in shards of 3
+    assert set(index["decoder"]) == {"decord"} and not index["substituted"].any()
+
+
+def _run_logged(params, annotations, video_root, out, die_after=None):
+    """frames.run, recording which shards it decodes; raises KeyboardInterrupt after `die_after`."""
+    decoded, real = [], frames.decode_shard
+
+    def logged(job):
+        if die_after is not None and len(decoded) >= die_after:
+            raise KeyboardInterrupt
+        decoded.append(job[0].name)
+        return real(job)
+
+    frames.decode_shard = logged
+    try:
+        frames.run(params, annotations, video_root, out)
+    finally:
+        frames.decode_shard = real
+    return decoded
+
+
+def test_finished_shards_are_reused_and_changed_videos_redone(tmp_path, serial_frames, tiny_raw, tiny_annotations, tiny_params):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    params = _frames_params(tiny_params, shard_size=3, workers=1)
+    out = tmp_path / "frames"
+    with pytest.raises(KeyboardInterrupt):
+        _run_logged(params, tiny_annotations, raw / "videos", out, die_after=4)
+    table = frames.video_table(pd.read_parquet(tiny_annotations), "t")
+    plan = [s.name for s in frames.plan_shards(table, raw / "videos", 1, 1, 3)]
+    victim = raw / "videos" / table[table["split"] == "train"].iloc[4]["video_path"]  # in train-00001, finished
+    os.utime(victim, ns=(1, 1))  # same bytes, other mtime: that shard is redone
+    decoded = _run_logged(params, tiny_annotations, raw / "videos", out)
+    assert decoded == ["train-00001.npy"] + plan[4:]
+    assert _files(out) == _files(serial_frames)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_extraction_resumes_to_identical_output(tmp_path, serial_frames, tiny_raw, tiny_annotations, signum):
+    from .conftest import tiny_params_dict
+
+    raw = tiny_params_dict()
+    raw["frames"].update({"shard_size": 1, "workers": 2})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "frames"
+    cmd = [sys.executable, "-m", "mascot", "--params", str(params), "frames", "--dataset", "synthetic",
+           "--raw", str(tiny_raw), "--annotations", str(tiny_annotations), "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    work = frames.work_dir(out)
+    deadline = time.time() + 120
+    while not list(work.glob("*.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGSTOP)  # freeze it mid-run, then interrupt it
+    done_before = len(list(work.glob("*.json")))
+    proc.send_signal(signum)
+    proc.send_signal(signal.SIGCONT)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0, proc.stdout.read().decode()
+    assert not out.exists()
+    finished = sorted(work.glob("*.json"))
+    assert 1 <= done_before <= len(finished) < 28
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    assert not work.exists()
+    # shard_size differs from the serial run (1 vs 3): compare the decoded clips video by video
+    a, sa = frames.open_frames(out)
+    b, sb = frames.open_frames(serial_frames)
+    a, b = a.set_index("video_id"), b.set_index("video_id")
+    assert sorted(a.index) == sorted(b.index)
+    for vid in a.index:
+        assert a.loc[vid, "num_valid"] == b.loc[vid, "num_valid"]
+        assert np.array_equal(sa[a.loc[vid, "shard"]][a.loc[vid, "row"]], sb[b.loc[vid, "shard"]][b.loc[vid, "row"]])
+
+
+def test_interrupted_run_output_is_byte_identical(tmp_path, tiny_raw, tiny_annotations, tiny_params):
+    """Same settings, with and without an interruption: the same bytes in every file."""
+    params = _frames_params(tiny_params, shard_size=1, workers=1)
+    whole = tmp_path / "whole" / "frames"
+    frames.run(params, tiny_annotations, tiny_raw / "videos", whole)
+    out = tmp_path / "resumed" / "frames"
+    with pytest.raises(KeyboardInterrupt):
+        _run_logged(params, tiny_annotations, tiny_raw / "videos", out, die_after=5)
+    assert len(list(frames.work_dir(out).glob("*.json"))) == 5
+    frames.run(params, tiny_annotations, tiny_raw / "videos", out)
+    assert _files(out) == _files(whole)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "videos").is_dir(), reason="shared sample videos not present")
+def test_real_samples_through_the_stage(tmp_path, tiny_params):
+    from mascot.annotations import normalize, write_table
+
+    videos = sorted(p.name for p in (SHARED_DATA / "videos").iterdir())
+    table = normalize(pd.DataFrame({
+        "video_id": videos, "split": "test", "caption_id": videos, "caption": "a clip",
+        "start": np.nan, "end": np.nan, "video_path": videos,
+    }), "samples")
+    ann = tmp_path / "annotations.parquet"
+    write_table(table, ann)
+    out = tmp_path / "frames"
+    frames.run(_frames_params(tiny_params, num_frames=64, workers=2, shard_size=3), ann, SHARED_DATA / "videos", out)
+    index = pd.read_parquet(out / "index.parquet").set_index("video_id")
+    assert json.loads((out / "failures.json").read_text()) == []
+    repairs = {r["video_id"]: r for r in json.loads((out / "repairs.json").read_text())}
+    assert sorted(repairs) == ["corrupted.mp4", "no_duration.webm"]
+    assert repairs["corrupted.mp4"]["substituted"] == [[30, 29]] and repairs["no_duration.webm"]["decoder"] == "pyav"
+    assert index.loc["corrupted.mp4", "num_valid"] == 50 and index.loc["corrupted.mp4", "substituted"] == 1
+    assert index.loc["video_90.mov", "num_valid"] == 3

@@ -42,7 +42,8 @@ class ClipConfig(Section):
 
 class FramesConfig(Section):
     num_frames: int = Field(12, ge=1, description="frames sampled uniformly over [start, end] of each video")
-    shard_size: int = Field(512, ge=1, description="videos per memory-mappable shard")
+    shard_size: int = Field(512, ge=1, description="videos per memory-mappable shard (the unit of work and of resumption)")
+    workers: int = Field(1, ge=1, description="parallel decoding processes (one shard each)")
     max_failed_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="fail the stage when more than this fraction of videos is unreadable"
     )

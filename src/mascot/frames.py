@@ -1,16 +1,30 @@
-"""The frames stage: decode every video once into memory-mappable uint8 shards.
+"""The frames stage: decode every video once into memory-mappable uint8 shards, in parallel, resumably.
 
 Output folder layout (one artifact, replaced atomically):
   {split}-{k:05d}.npy   uint8 (videos, num_frames, size, size, 3), memory-mappable
-  index.parquet         video_id, split, shard, row, num_valid (frames past num_valid are padding)
+  index.parquet         video_id, split, shard, row, num_valid (frames past num_valid are padding),
+                        decoder, substituted (unreadable frames replaced by their nearest readable one)
   failures.json         videos that could not be decoded, with the reason
+  repairs.json          videos decoded by the sequential fallback or with replaced frames
   meta.json             num_frames, image_size
+
+Shards are the unit of work and of resumption. Each finished shard lands in the sibling folder
+`.<out>.partial/` (an .npy plus a small .json record, each renamed into place), keyed by a
+fingerprint of its videos (paths, spans, file sizes and mtimes) and the decoding settings. An
+interrupted run (SIGINT, SIGTERM, a crash) leaves the finished shards there; the rerun decodes only
+the others, and the assembled folder is byte-identical to an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import multiprocessing
+import os
+import shutil
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .annotations import SPLITS, read_table, segment_bounds
-from .atomic import atomic_dir, write_json
+from .atomic import atomic_file, write_json
 from .clip_model import image_size
 from .config import Params
 from .errors import MascotError
@@ -27,7 +41,11 @@ from .video import VideoReadError, read_clip
 log = logging.getLogger(__name__)
 INDEX = "index.parquet"
 FAILURES = "failures.json"
+REPAIRS = "repairs.json"
 META = "meta.json"
+INDEX_COLUMNS = ["video_id", "split", "shard", "row", "num_valid", "decoder", "substituted"]
+#: Bump when decoding changes in a way that changes pixels: finished shards of older code are redone.
+DECODER_VERSION = 2
 
 
 def video_table(annotations: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -46,30 +64,117 @@ def shard_name(split: str, k: int) -> str:
     return f"{split}-{k:05d}.npy"
 
 
-def extract(videos: pd.DataFrame, video_root: Path, out: Path, num_frames: int, size: int, shard_size: int) -> tuple[pd.DataFrame, list[dict]]:
-    """Decode `videos` into shards under `out`; return the index and the failures."""
-    index, failures = [], []
-    progress = tqdm(total=len(videos), desc="frames", unit="video", disable=None)
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work: up to `shard_size` videos of one split."""
+
+    name: str
+    split: str
+    videos: tuple[tuple[str, str, float, float], ...]  # (video_id, video_path, start, end)
+    fingerprint: str
+
+
+def _file_identity(path: Path) -> list:
+    try:
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+    except FileNotFoundError:
+        return [None, None]
+
+
+def plan_shards(videos: pd.DataFrame, video_root: Path, num_frames: int, size: int, shard_size: int) -> list[Shard]:
+    shards = []
     for split in SPLITS:
         rows = videos[videos["split"] == split]
         for k, start in enumerate(range(0, len(rows), shard_size)):
-            chunk = rows.iloc[start : start + shard_size]
-            name = shard_name(split, k)
-            shard = np.lib.format.open_memmap(out / name, mode="w+", dtype=np.uint8, shape=(len(chunk), num_frames, size, size, 3))
-            for row, video in enumerate(chunk.itertuples(index=False)):
-                path = video_root / video.video_path
-                try:
-                    clip = read_clip(path, *segment_bounds(video.start, video.end), num_frames, size)
-                except VideoReadError as exc:
-                    failures.append({"video_id": video.video_id, "video_path": str(video.video_path), "error": str(exc)})
-                else:
-                    shard[row] = clip.frames
-                    index.append({"video_id": video.video_id, "split": split, "shard": name, "row": row, "num_valid": clip.num_valid})
-                progress.update()
-            shard.flush()
-            del shard
-    progress.close()
-    return pd.DataFrame(index, columns=["video_id", "split", "shard", "row", "num_valid"]), failures
+            chunk = tuple(
+                (v.video_id, v.video_path, float(v.start), float(v.end))
+                for v in rows.iloc[start : start + shard_size].itertuples(index=False)
+            )
+            key = [DECODER_VERSION, num_frames, size, [[*c, *_file_identity(video_root / c[1])] for c in chunk]]
+            digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+            shards.append(Shard(shard_name(split, k), split, chunk, digest))
+    return shards
+
+
+def _record_path(work: Path, shard: Shard) -> Path:
+    return work / (shard.name.removesuffix(".npy") + ".json")
+
+
+def _is_done(work: Path, shard: Shard) -> bool:
+    record = _record_path(work, shard)
+    if not (record.is_file() and (work / shard.name).is_file()):
+        return False
+    try:
+        return json.loads(record.read_text())["fingerprint"] == shard.fingerprint
+    except (json.JSONDecodeError, KeyError):
+        return False
+
+
+def decode_shard(job: tuple[Shard, str, str, int, int]) -> str:
+    """Decode one shard into `work`: the .npy first, then its record (the record marks it done)."""
+    shard, video_root, work, num_frames, size = job
+    video_root, work = Path(video_root), Path(work)
+    index, failures, repairs = [], [], []
+    with atomic_file(work / shard.name) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(shard.videos), num_frames, size, size, 3))
+        for row, (video_id, video_path, start, end) in enumerate(shard.videos):
+            try:
+                clip = read_clip(video_root / video_path, *segment_bounds(start, end), num_frames, size)
+            except VideoReadError as exc:
+                failures.append({"video_id": video_id, "video_path": video_path, "error": str(exc)})
+                continue
+            array[row] = clip.frames
+            index.append([video_id, shard.split, shard.name, row, clip.num_valid, clip.decoder, len(clip.substituted)])
+            if clip.decoder != "decord" or clip.substituted:
+                repairs.append({"video_id": video_id, "video_path": video_path, "decoder": clip.decoder,
+                                "substituted": [list(s) for s in clip.substituted]})
+        array.flush()
+        del array
+    write_json(_record_path(work, shard), {"fingerprint": shard.fingerprint, "index": index, "failures": failures, "repairs": repairs})
+    return shard.name
+
+
+def _worker_init() -> None:
+    # Only the parent reacts to Ctrl-C / SIGTERM; it stops the workers itself. One thread per
+    # worker: the parallelism is the workers.
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    torch.set_num_threads(1)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_shards(todo: list[Shard], video_root: Path, work: Path, num_frames: int, size: int, workers: int, total: int) -> None:
+    """Decode the shards in `todo` with `workers` processes; SIGTERM is handled like Ctrl-C."""
+    jobs = [(s, str(video_root), str(work), num_frames, size) for s in todo]
+    sizes = {s.name: len(s.videos) for s in todo}
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    progress = tqdm(total=total, initial=total - sum(sizes.values()), desc="frames", unit="video", disable=None)
+    pool = None
+    try:
+        if workers <= 1:
+            for job in jobs:
+                progress.update(sizes[decode_shard(job)])
+        else:
+            # spawn, not fork: a forked child of a process that already ran torch's OpenMP kernels hangs
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+            for name in pool.imap_unordered(decode_shard, jobs):
+                progress.update(sizes[name])
+            pool.close()
+            pool.join()
+    except BaseException:
+        if pool is not None:
+            pool.terminate()  # half-written shards are temp files; finished ones stay for the rerun
+            pool.join()
+        raise
+    finally:
+        progress.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def failure_message(failures: list[dict], total: int, threshold: float, manifest: Path) -> str:
@@ -78,27 +183,57 @@ def failure_message(failures: list[dict], total: int, threshold: float, manifest
     return (
         f"{len(failures)} of {total} videos ({len(failures) / total:.1%}) could not be decoded, more than "
         f"frames.max_failed_fraction = {threshold:.1%}: {listed}{more}. The full list is in {manifest}. "
-        "Replace or re-download these files, or raise frames.max_failed_fraction to train without them."
+        "Replace or re-download these files and rerun (decoded shards are kept and reused), or raise "
+        "frames.max_failed_fraction to train without them."
     )
+
+
+def work_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial")
 
 
 def run(params: Params, annotations_path: Path, video_root: Path, out: Path) -> None:
     cfg = params.frames
+    out, video_root = Path(out), Path(video_root)
     size = image_size(params.clip.model)
     videos = video_table(read_table(annotations_path), str(annotations_path))
     manifest = out.with_name(out.name + ".failures.json")
     manifest.unlink(missing_ok=True)
-    with atomic_dir(out) as tmp:
-        index, failures = extract(videos, video_root, tmp, cfg.num_frames, size, cfg.shard_size)
-        if failures:
-            log.warning("%d videos could not be decoded, e.g. %s", len(failures), failures[0])
-        if len(failures) > cfg.max_failed_fraction * len(videos):
-            write_json(manifest, failures)
-            raise MascotError(failure_message(failures, len(videos), cfg.max_failed_fraction, manifest))
-        index.to_parquet(tmp / INDEX, index=False)
-        (tmp / FAILURES).write_text(json.dumps(failures, indent=1) + "\n")
-        (tmp / META).write_text(json.dumps({"num_frames": cfg.num_frames, "image_size": size}, indent=1) + "\n")
-    log.info("frames: %d videos in %s, %d failed", len(index), out, len(failures))
+    work = work_dir(out)
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob(".*.tmp-*"):  # temp files of a killed run
+        stale.unlink()
+    shards = plan_shards(videos, video_root, cfg.num_frames, size, cfg.shard_size)
+    todo = [s for s in shards if not _is_done(work, s)]
+    if len(todo) < len(shards):
+        log.info("frames: resuming, %d of %d shards already decoded in %s", len(shards) - len(todo), len(shards), work)
+    run_shards(todo, video_root, work, cfg.num_frames, size, cfg.workers, len(videos))
+
+    records = [json.loads(_record_path(work, s).read_text()) for s in shards]
+    index = pd.DataFrame([row for r in records for row in r["index"]], columns=INDEX_COLUMNS)
+    failures = [f for r in records for f in r["failures"]]
+    repairs = [f for r in records for f in r["repairs"]]
+    if failures:
+        log.warning("%d videos could not be decoded, e.g. %s", len(failures), failures[0])
+    if repairs:
+        log.info("%d videos needed the sequential decoder or replaced frames (listed in %s)", len(repairs), REPAIRS)
+    if len(failures) > cfg.max_failed_fraction * len(videos):
+        write_json(manifest, failures)
+        raise MascotError(failure_message(failures, len(videos), cfg.max_failed_fraction, manifest))
+    keep = {s.name for s in shards}
+    for path in work.iterdir():  # records and shards of an older plan
+        if path.name not in keep:
+            path.unlink()
+    index.to_parquet(work / INDEX, index=False)
+    (work / FAILURES).write_text(json.dumps(failures, indent=1) + "\n")
+    (work / REPAIRS).write_text(json.dumps(repairs, indent=1) + "\n")
+    (work / META).write_text(json.dumps({"num_frames": cfg.num_frames, "image_size": size}, indent=1) + "\n")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(work, out)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("frames: %d videos in %s, %d failed, %d repaired", len(index), out, len(failures), len(repairs))
 
 
 def open_frames(frames_dir: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
