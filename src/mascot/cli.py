@@ -67,6 +67,18 @@ def _tables(args, params):
     tables.run(params, args.metrics, args.out, args.published)
 
 
+def _preset(args, params):
+    from . import presets
+
+    if args.list or not args.name:
+        print("\n".join(presets.names()))
+    elif args.apply:
+        presets.apply_in_place(args.params, args.name)
+        logging.getLogger("mascot").info("preset %s applied to %s", args.name, args.params)
+    else:
+        print(" ".join(presets.exp_run_args(args.name)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mascot", description="MASCOT text-video retrieval pipeline stages (see dvc.yaml).")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameter file (default: params.yaml)")
@@ -120,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, required=True, help="folder of metrics JSON files")
     p.add_argument("--out", type=Path, required=True, help="tables folder to create")
     p.add_argument("--published", type=Path, default=None, help="reference file of published results (references/published.yaml)")
+
+    p = stage(
+        "preset",
+        _preset,
+        "Paper presets (presets/presets.yaml): print one as `dvc exp run` -S overrides, or --apply it to params.yaml.",
+    )
+    p.add_argument("name", nargs="?", help="<dataset>-<backbone>, e.g. msrvtt-vit-b-32 (none: list them)")
+    p.add_argument("--list", action="store_true", help="list the presets")
+    p.add_argument("--apply", action="store_true", help="write the preset into the --params file, keeping its comments")
     return parser
 
 
