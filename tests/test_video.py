@@ -174,3 +174,24 @@ def test_real_sample_videos_decode(name):
     clip = read_clip(SHARED_DATA / "videos" / name, None, None, 12, 64)
     assert clip.num_valid == 12
     assert clip.frames.std() > 5  # real content, not blank frames
+
+
+def test_skipping_non_reference_frames_leaves_the_targets_unchanged(tmp_path):
+    """FFmpeg's skip_frame=NONREF on B-frames that are not sampled: same pixels for the sampled ones."""
+    import av
+
+    from mascot.video import _decode
+
+    path = tmp_path / "bframes.mp4"
+    _testsrc(path, "-c:v", "libx264", "-bf", "3", "-pix_fmt", "yuv420p")
+    with av.open(str(path)) as c:
+        packets = list(c.demux(video=0))
+        assert any(p.pts != p.dts for p in packets if p.size)  # reordered: there are B-frames to skip
+        pts = sorted(p.pts for p in packets if p.size)
+    rank = {p: i for i, p in enumerate(pts)}
+    targets = {1, 6, 10, 13, 19}
+    skipped, decoded = _decode(path, rank, targets, skip=True)
+    full, every = _decode(path, rank, targets, skip=False)
+    assert skipped.keys() == full.keys() == targets
+    assert all(np.array_equal(skipped[i], full[i]) for i in targets)
+    assert len(decoded) < len(every) == 20  # frames were actually skipped

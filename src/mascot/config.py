@@ -44,6 +44,11 @@ class FramesConfig(Section):
     num_frames: int = Field(12, ge=1, description="frames sampled uniformly over [start, end] of each video")
     shard_size: int = Field(512, ge=1, description="videos per memory-mappable shard (the unit of work and of resumption)")
     workers: int = Field(1, ge=1, description="parallel decoding processes (one shard each)")
+    decoder: Literal["auto", "pyav"] = Field(
+        "auto",
+        description="auto: decord's random access, sequential PyAV where decord fails; pyav: sequential PyAV only "
+        "(same frames; faster on long-GOP H.264, see docs/benchmarks.md)",
+    )
     max_failed_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="fail the stage when more than this fraction of videos is unreadable"
     )

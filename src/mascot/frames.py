@@ -5,7 +5,7 @@ Output folder layout (one artifact, replaced atomically):
   index.parquet         video_id, split, shard, row, num_valid (frames past num_valid are padding),
                         decoder, substituted (unreadable frames replaced by their nearest readable one)
   failures.json         videos that could not be decoded, with the reason
-  repairs.json          videos decoded by the sequential fallback or with replaced frames
+  repairs.json          videos decord could not decode (PyAV did), or with replaced frames
   meta.json             num_frames, image_size
 
 Shards are the unit of work and of resumption. Each finished shard lands in the sibling folder
@@ -82,7 +82,9 @@ def _file_identity(path: Path) -> list:
         return [None, None]
 
 
-def plan_shards(videos: pd.DataFrame, video_root: Path, num_frames: int, size: int, shard_size: int) -> list[Shard]:
+def plan_shards(
+    videos: pd.DataFrame, video_root: Path, num_frames: int, size: int, shard_size: int, decoder: str = "auto"
+) -> list[Shard]:
     shards = []
     for split in SPLITS:
         rows = videos[videos["split"] == split]
@@ -91,7 +93,7 @@ def plan_shards(videos: pd.DataFrame, video_root: Path, num_frames: int, size: i
                 (v.video_id, v.video_path, float(v.start), float(v.end))
                 for v in rows.iloc[start : start + shard_size].itertuples(index=False)
             )
-            key = [DECODER_VERSION, num_frames, size, [[*c, *_file_identity(video_root / c[1])] for c in chunk]]
+            key = [DECODER_VERSION, decoder, num_frames, size, [[*c, *_file_identity(video_root / c[1])] for c in chunk]]
             digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
             shards.append(Shard(shard_name(split, k), split, chunk, digest))
     return shards
@@ -111,22 +113,22 @@ def _is_done(work: Path, shard: Shard) -> bool:
         return False
 
 
-def decode_shard(job: tuple[Shard, str, str, int, int]) -> str:
+def decode_shard(job: tuple[Shard, str, str, int, int, str]) -> str:
     """Decode one shard into `work`: the .npy first, then its record (the record marks it done)."""
-    shard, video_root, work, num_frames, size = job
+    shard, video_root, work, num_frames, size, decoder = job
     video_root, work = Path(video_root), Path(work)
     index, failures, repairs = [], [], []
     with atomic_file(work / shard.name) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(shard.videos), num_frames, size, size, 3))
         for row, (video_id, video_path, start, end) in enumerate(shard.videos):
             try:
-                clip = read_clip(video_root / video_path, *segment_bounds(start, end), num_frames, size)
+                clip = read_clip(video_root / video_path, *segment_bounds(start, end), num_frames, size, decoder=decoder)
             except VideoReadError as exc:
                 failures.append({"video_id": video_id, "video_path": video_path, "error": str(exc)})
                 continue
             array[row] = clip.frames
             index.append([video_id, shard.split, shard.name, row, clip.num_valid, clip.decoder, len(clip.substituted)])
-            if clip.decoder != "decord" or clip.substituted:
+            if (decoder == "auto" and clip.decoder != "decord") or clip.substituted:  # fell back, or lost frames
                 repairs.append({"video_id": video_id, "video_path": video_path, "decoder": clip.decoder,
                                 "substituted": [list(s) for s in clip.substituted]})
         array.flush()
@@ -149,9 +151,11 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_shards(todo: list[Shard], video_root: Path, work: Path, num_frames: int, size: int, workers: int, total: int) -> None:
+def run_shards(
+    todo: list[Shard], video_root: Path, work: Path, num_frames: int, size: int, workers: int, total: int, decoder: str = "auto"
+) -> None:
     """Decode the shards in `todo` with `workers` processes; SIGTERM is handled like Ctrl-C."""
-    jobs = [(s, str(video_root), str(work), num_frames, size) for s in todo]
+    jobs = [(s, str(video_root), str(work), num_frames, size, decoder) for s in todo]
     sizes = {s.name: len(s.videos) for s in todo}
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = tqdm(total=total, initial=total - sum(sizes.values()), desc="frames", unit="video", disable=None)
@@ -203,11 +207,11 @@ def run(params: Params, annotations_path: Path, video_root: Path, out: Path) -> 
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob(".*.tmp-*"):  # temp files of a killed run
         stale.unlink()
-    shards = plan_shards(videos, video_root, cfg.num_frames, size, cfg.shard_size)
+    shards = plan_shards(videos, video_root, cfg.num_frames, size, cfg.shard_size, cfg.decoder)
     todo = [s for s in shards if not _is_done(work, s)]
     if len(todo) < len(shards):
         log.info("frames: resuming, %d of %d shards already decoded in %s", len(shards) - len(todo), len(shards), work)
-    run_shards(todo, video_root, work, cfg.num_frames, size, cfg.workers, len(videos))
+    run_shards(todo, video_root, work, cfg.num_frames, size, cfg.workers, len(videos), cfg.decoder)
 
     records = [json.loads(_record_path(work, s).read_text()) for s in shards]
     index = pd.DataFrame([row for r in records for row in r["index"]], columns=INDEX_COLUMNS)

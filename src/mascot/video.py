@@ -88,24 +88,35 @@ def _rgb(frame) -> np.ndarray:
     return np.rot90(image, k=turns) if turns else image
 
 
+SKIPPABLE_CODECS = ("h264", "hevc")
+
+
 class _Unordered(Exception):
     """Decoded frames carry out-of-order timestamps (packed B-frames in AVI): count them instead."""
 
 
-def _decode(path: Path, rank: dict[int, int] | None, targets: set[int]) -> tuple[dict[int, np.ndarray], set[int]]:
-    """Decode `path` in order; the RGB frames of `targets` and the indices of every readable frame.
+def _decode(path: Path, rank: dict[int, int] | None, targets: set[int], skip: bool) -> tuple[dict[int, np.ndarray], set[int]]:
+    """Decode `path` in order; the RGB frames of `targets` and the indices of the decoded frames.
 
     Undecodable packets are skipped, not fatal. A frame's index is the rank of its timestamp, so a
     lost frame does not shift the ones after it; with `rank=None` (or when the timestamps are not
-    increasing, see _Unordered) it is the frame's position in the decoder's output.
+    increasing, see _Unordered) it is the frame's position in the decoder's output. With `skip`,
+    non-reference frames that are not targets are not decoded at all (FFmpeg's skip_frame=NONREF):
+    no other frame depends on them, so the targets' pixels are unchanged, and decoding is faster.
     """
     import av
 
     got, readable, counter, last = {}, set(), 0, None
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Only where timestamps identify frames reliably (not, e.g., packed B-frames in AVI).
+        skip = skip and rank is not None and stream.codec_context.name in SKIPPABLE_CODECS
+        wanted_pts = {p for p, i in rank.items() if i in targets} if skip else set()
+        stream.thread_type = "SLICE" if skip else "AUTO"  # frame threads would apply skip_frame late
+        codec = stream.codec_context
         for packet in container.demux(stream):
+            if skip:
+                codec.skip_frame = "DEFAULT" if packet.pts in wanted_pts else "NONREF"
             try:
                 frames = packet.decode()
             except av.FFmpegError:
@@ -144,16 +155,18 @@ def _read_sequential(path: Path, start: float | None, end: float | None, num_fra
     indices = sample_indices(len(pts), fps, start, end, num_frames)
     rank = {p: i for i, p in enumerate(pts)}
     try:
-        got, readable = _decode(path, rank, set(indices))
+        got, readable = _decode(path, rank, set(indices), skip=True)
+        if len(got) < len(set(indices)):  # some frame is unreadable: find every readable one
+            got, readable = _decode(path, rank, set(indices), skip=False)
     except _Unordered:
         rank = None
-        got, readable = _decode(path, rank, set(indices))
+        got, readable = _decode(path, rank, set(indices), skip=False)
     if not readable:
         raise VideoReadError("no frame could be decoded")
     # An unreadable sampled frame is replaced by the nearest readable one (the earlier on a tie).
     substituted = {w: min(readable, key=lambda r: (abs(r - w), r)) for w in indices if w not in got}
     if substituted:
-        extra, _ = _decode(path, rank, set(substituted.values()))
+        extra, _ = _decode(path, rank, set(substituted.values()), skip=False)
         got.update({w: extra[r] for w, r in substituted.items()})
     frames = np.stack([got[i] for i in indices])
     return _clip(frames, len(indices), num_frames, size, decoder="pyav", substituted=tuple(sorted(substituted.items())))
