@@ -32,16 +32,17 @@ SOURCES = ["testsrc2", "mandelbrot", "life=s=320x240:mold=10:r=30:ratio=0.1:deat
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
 
-def make_clips(folder: Path, n: int, seconds: float) -> list[Path]:
-    """`n` H.264 clips, 320×240 at 30 fps, from FFmpeg's test sources with moving noise on top."""
+def make_clips(folder: Path, n: int, seconds: float, noise: bool) -> list[Path]:
+    """`n` H.264 clips (libx264 defaults), 320×240 at 30 fps, from FFmpeg's test sources, with
+    temporal noise on top unless `noise` is off (noise makes every frame expensive to decode)."""
     paths = []
     for i in range(n):
-        path = folder / f"clip{i:03d}.mp4"
+        path = folder / f"clip{i:03d}{'' if noise else '-clean'}.mp4"
         if not path.exists():
             src = SOURCES[i % len(SOURCES)]
             src = src if "=" in src else f"{src}=size=320x240:rate=30"
             subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", src, "-t", str(seconds),
-                            "-vf", f"scale=320:240,noise=alls={10 + i % 20}:allf=t,hue=h={i * 7}",
+                            "-vf", f"scale=320:240,{f'noise=alls={10 + i % 20}:allf=t,' if noise else ''}hue=h={i * 7}",
                             "-r", "30", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
         paths.append(path)
     return paths
@@ -107,12 +108,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-samples", action="store_true", help="leave out the real sample videos")
+    parser.add_argument("--no-noise", action="store_true", help="generated clips without temporal noise (cheaper to decode)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mascot-bench-clips")
     args = parser.parse_args()
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    clips = make_clips(args.cache, args.videos, args.seconds)
-    sets = [(f"{args.videos} generated clips ({args.seconds:g} s, 30 fps, 320×240)", clips)]
+    clips = make_clips(args.cache, args.videos, args.seconds, not args.no_noise)
+    kind = "without noise" if args.no_noise else "with temporal noise"
+    sets = [(f"{args.videos} generated clips ({args.seconds:g} s, 30 fps, 320×240, {kind})", clips)]
     if SAMPLES.is_dir() and not args.no_samples:
         # corrupted.mp4 fails OpenCV's route half-way and would time only part of the work; kept in ours
         samples = sorted(p for p in SAMPLES.iterdir() if p.name != "corrupted.mp4")

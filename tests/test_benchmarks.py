@@ -23,3 +23,12 @@ def test_mascot_step_benchmark_prints_the_ratio():
     out = _run("benchmarks/mascot_step.py", "--configs", "mascot-tiny", "--batch", "4", "--repeats", "1", "--warmup", "0")
     row = next(line for line in out.splitlines() if line.startswith("| mascot-tiny"))
     assert row.rstrip(" |").endswith("×")
+
+
+def test_frame_extraction_benchmark_compares_both_routes(tmp_path):
+    out = _run("benchmarks/frame_extraction.py", "--videos", "2", "--seconds", "4", "--no-samples", "--workers", "1",
+               "--cache", str(tmp_path))
+    row = next(line for line in out.splitlines() if line.startswith("| 2 generated clips"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2].endswith("×") and cells[3].endswith("×")
+    assert cells[4].startswith("12.0 / 12.0 (same)")  # 4 s at 3 fps: 12 frames to sample from
