@@ -267,3 +267,18 @@ def test_released_checksums_reject_other_files(tmp_path):
         ds = dataset("msrvtt", files={"annotations": {"url": srv.url + "/msrvtt_data.zip"}})
         with pytest.raises(MascotError, match=r"checksum mismatch for MSRVTT_train.9k.csv: expected gitblob:95b6bce"):
             ds.download(tmp_path / "raw", tmp_path / "cache")
+
+
+def test_placed_videos_keep_their_extension(tmp_path):
+    source = tmp_path / "placed"
+    WRITERS["activitynet"](source / "annotations")
+    (source / "videos").mkdir()
+    for i in range(8):
+        (source / "videos" / f"v_train{i}{'.mkv' if i % 2 else '.mp4'}").write_bytes(b"v")
+    for i in range(3):
+        (source / "videos" / f"v_test{i}.webm").write_bytes(b"v")
+    ds = dataset("activitynet", source_dir=str(source), files=unchecked_files("activitynet"), val_videos=2)
+    ds.download(tmp_path / "raw", tmp_path / "cache")
+    assert (tmp_path / "raw" / MISSING).read_text() == ""
+    table = ds.read_annotations(tmp_path / "raw")
+    assert dict(zip(table["video_id"], table["video_path"]))["v_train1"] == "v_train1.mkv"

@@ -118,8 +118,12 @@ class RemoteDataset(DatasetSource):
             raise MascotError(f"data.{self.name}.source_dir = {source}: no such folder. Fix the path or set it to null.")
         for name, spec in self.config.files.items():
             self._obtain(name, spec, source, raw_dir, cache_dir)
+        if source is not None and (source / "videos").is_dir():
+            placed = [p for p in sorted((source / "videos").rglob("*")) if p.is_file()]
+            for path in tqdm(placed, desc=f"{self.name}: linking placed videos", unit="file", disable=None):
+                link_or_copy(path, self.video_root(raw_dir) / path.relative_to(source / "videos"))
         table = self.read_annotations(raw_dir)
-        self._fetch_videos(table, source, raw_dir, cache_dir)
+        self._fetch_videos(table, raw_dir, cache_dir)
         self.check_complete(table, raw_dir)
 
     def _placed(self, spec: RemoteFile, source: Path | None) -> list[Path] | None:
@@ -133,7 +137,7 @@ class RemoteDataset(DatasetSource):
         what = f"data.{self.name}.files.{name}"
         target = raw_dir / spec.dest
         if spec.dest == "videos" and source is not None and (source / "videos").is_dir():
-            return  # videos placed by hand are linked one by one once the annotations are read
+            return  # videos placed by hand are linked, not downloaded
         placed = self._placed(spec, source)
         if placed is not None:
             for path in placed:
@@ -165,19 +169,10 @@ class RemoteDataset(DatasetSource):
         """Where one video is downloaded from (None: the dataset has no per-video source)."""
         return None
 
-    def _fetch_videos(self, table: pd.DataFrame, source: Path | None, raw_dir: Path, cache_dir: Path) -> None:
-        """Link videos placed by hand, then download the others that have a per-video URL."""
+    def _fetch_videos(self, table: pd.DataFrame, raw_dir: Path, cache_dir: Path) -> None:
+        """Download the videos not placed by hand that have a per-video URL (DiDeMo)."""
         video_dir = self.video_root(raw_dir)
         wanted = [p for p in table["video_path"].unique() if not (video_dir / p).is_file()]
-        if source is not None and (source / "videos").is_dir():
-            still = []
-            for rel in wanted:
-                placed = source / "videos" / rel
-                if placed.is_file():
-                    link_or_copy(placed, video_dir / rel)
-                else:
-                    still.append(rel)
-            wanted = still
         jobs = [(rel, url) for rel in wanted if (url := self.video_url(rel, raw_dir))]
         if not jobs:
             return
