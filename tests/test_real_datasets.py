@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from mascot.errors import MascotError
 from .conftest import SHARED_DATA
 from .http_fixture import serve
 from .real_fixtures import DIDEMO_VIDEOS, LSMDC_LINES, WRITERS
+from .test_download import _zip
 
 SHARED_ANN = SHARED_DATA / "annotations"
 needs_shared = pytest.mark.skipif(not SHARED_ANN.is_dir(), reason="../shared/data is not present")
@@ -229,14 +228,6 @@ def test_didemo_videos_are_downloaded_per_video(tmp_path):
     assert (raw / MISSING).read_text() == f"{gone}.mp4\n"
     for v in listed[1:]:
         assert (raw / "videos" / f"{v}.mp4").read_bytes() == f"video {v.split('_')[1]}".encode()
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def test_msrvtt_download_from_overridden_urls(tmp_path):
