@@ -79,7 +79,7 @@ class ActivityNet(RemoteDataset):
         segments = pd.concat([train, test], ignore_index=True)
         if not self.config.paragraph:
             segments = repair_spans(segments, ann)
-        on_disk = {p.stem: p.name for p in video_dir.iterdir()} if video_dir.is_dir() else {}
+        on_disk = {p.stem: p.name for p in video_dir.iterdir() if p.suffix in VIDEO_EXTENSIONS} if video_dir.is_dir() else {}
         segments["video_path"] = segments["video_id"].map(lambda v: on_disk.get(v, v + VIDEO_EXTENSIONS[0]))
         table = segment_rows(segments, self.config.paragraph, (float("nan"), float("nan")))
         return normalize(table, source=str(ann))

@@ -216,15 +216,6 @@ class RemoteDataset(DatasetSource):
             )
 
 
-def existing_video(video_dir: Path, stem: str, extensions: tuple[str, ...]) -> str:
-    """`stem` + the first extension found in `video_dir` (the first extension when none is there)."""
-    for ext in extensions:
-        if (video_dir / f"{stem}{ext}").is_file():
-            return f"{stem}{ext}"
-    return f"{stem}{extensions[0]}"
-
-
-
 class ParagraphConfig(RemoteDatasetConfig):
     """Datasets of videos with several timed sentences (ActivityNet Captions, DiDeMo)."""
 
