@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mascot.datasets import dataset_config_class, get_dataset
@@ -273,3 +274,44 @@ def test_placed_videos_keep_their_extension(tmp_path):
     assert (tmp_path / "raw" / MISSING).read_text() == ""
     table = ds.read_annotations(tmp_path / "raw")
     assert dict(zip(table["video_id"], table["video_path"]))["v_train1"] == "v_train1.mkv"
+
+
+def test_a_real_dataset_entry_runs_through_every_stage(tmp_path, tiny_raw):
+    """LSMDC placed by hand (fixture annotations, real mp4 clips under its .avi names), with the
+    stage commands of dvc.yaml: download → annotations → frames → features → train → evaluate."""
+    import yaml
+
+    from mascot.cli import main
+
+    from .conftest import tiny_params_dict
+
+    source = tmp_path / "placed"
+    WRITERS["lsmdc"](source / "annotations")
+    clips = sorted((tiny_raw / "videos").glob("*.mp4"))
+    for clip, src in zip([c for rows in LSMDC_LINES.values() for c, _ in rows], clips, strict=False):
+        video = source / "videos" / clip.rsplit("_", 1)[0] / f"{clip}.avi"
+        video.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, video)
+    raw_params = tiny_params_dict()
+    raw_params["datasets"], raw_params["variants"] = ["lsmdc"], ["meanP"]
+    raw_params["data"]["lsmdc"] = {"source_dir": str(source), "files": unchecked_files("lsmdc")}
+    raw_params["train"]["batch_size"] = 2
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw_params))
+    d = tmp_path / "data" / "lsmdc"
+    steps = [
+        ["download", "--dataset", "lsmdc", "--out", f"{d}/raw"],
+        ["annotations", "--dataset", "lsmdc", "--raw", f"{d}/raw", "--out", f"{d}/annotations.parquet"],
+        ["frames", "--dataset", "lsmdc", "--raw", f"{d}/raw", "--annotations", f"{d}/annotations.parquet", "--out", f"{d}/frames"],
+        ["features", "--annotations", f"{d}/annotations.parquet", "--frames", f"{d}/frames", "--out", f"{d}/features"],
+        ["train", "--features", f"{d}/features", "--dataset", "lsmdc", "--variant", "meanP", "--seed", "0",
+         "--model-out", f"{tmp_path}/model.pt", "--log-out", f"{tmp_path}/log.csv", "--state-dir", f"{tmp_path}/state"],
+        ["evaluate", "--features", f"{d}/features", "--model", f"{tmp_path}/model.pt", "--out", f"{tmp_path}/metrics.json"],
+    ]
+    for step in steps:
+        assert main(["--params", str(params), *step]) == 0, step
+    assert (d / "raw" / MISSING).read_text() == ""
+    frames_index = pd.read_parquet(d / "frames" / "index.parquet")
+    assert len(frames_index) == 6 and set(frames_index["decoder"]) == {"decord"}
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= metrics["t2v"]["R1"] <= 100
