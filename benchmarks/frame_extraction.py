@@ -32,18 +32,19 @@ SOURCES = ["testsrc2", "mandelbrot", "life=s=320x240:mold=10:r=30:ratio=0.1:deat
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
 
-def make_clips(folder: Path, n: int, seconds: float, noise: bool) -> list[Path]:
-    """`n` H.264 clips (libx264 defaults), 320×240 at 30 fps, from FFmpeg's test sources, with
-    temporal noise on top unless `noise` is off (noise makes every frame expensive to decode)."""
+def make_clips(folder: Path, n: int, seconds: float, noise: bool, gop: int | None) -> list[Path]:
+    """`n` H.264 clips (libx264 defaults, or keyframes every `gop` frames), 320×240 at 30 fps, from
+    FFmpeg's test sources, with temporal noise unless `noise` is off (noise makes decoding expensive)."""
     paths = []
     for i in range(n):
-        path = folder / f"clip{i:03d}{'' if noise else '-clean'}.mp4"
+        path = folder / f"clip{i:03d}-{seconds:g}s{'' if noise else '-clean'}{f'-g{gop}' if gop else ''}.mp4"
         if not path.exists():
             src = SOURCES[i % len(SOURCES)]
             src = src if "=" in src else f"{src}=size=320x240:rate=30"
             subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", src, "-t", str(seconds),
                             "-vf", f"scale=320:240,{f'noise=alls={10 + i % 20}:allf=t,' if noise else ''}hue=h={i * 7}",
-                            "-r", "30", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
+                            "-r", "30", "-c:v", "libx264", *(["-g", str(gop)] if gop else []), "-pix_fmt", "yuv420p",
+                            str(path)], check=True)
         paths.append(path)
     return paths
 
@@ -109,12 +110,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-samples", action="store_true", help="leave out the real sample videos")
     parser.add_argument("--no-noise", action="store_true", help="generated clips without temporal noise (cheaper to decode)")
+    parser.add_argument("--gop", type=int, default=None, help="keyframe interval of the generated clips (default: libx264's 250)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mascot-bench-clips")
     args = parser.parse_args()
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    clips = make_clips(args.cache, args.videos, args.seconds, not args.no_noise)
-    kind = "without noise" if args.no_noise else "with temporal noise"
+    clips = make_clips(args.cache, args.videos, args.seconds, not args.no_noise, args.gop)
+    kind = ("without noise" if args.no_noise else "with temporal noise") + (f", keyframe every {args.gop} frames" if args.gop else "")
     sets = [(f"{args.videos} generated clips ({args.seconds:g} s, 30 fps, 320×240, {kind})", clips)]
     if SAMPLES.is_dir() and not args.no_samples:
         # corrupted.mp4 fails OpenCV's route half-way and would time only part of the work; kept in ours
