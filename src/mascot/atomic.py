@@ -40,10 +40,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, path)
+
+
+def replace_dir(src: Path, path: Path) -> None:
+    """Move the finished folder `src` to `path`, replacing what was there (renames only)."""
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
-    os.replace(tmp, path)
+    os.replace(src, path)
     _remove(old)
 
 

@@ -21,8 +21,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
-import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .annotations import SPLITS, read_table, segment_bounds
-from .atomic import atomic_file, write_json
+from .atomic import atomic_file, replace_dir, write_json
 from .clip_model import image_size
 from .config import Params
 from .errors import MascotError
@@ -232,11 +230,7 @@ def run(params: Params, annotations_path: Path, video_root: Path, out: Path) -> 
     (work / FAILURES).write_text(json.dumps(failures, indent=1) + "\n")
     (work / REPAIRS).write_text(json.dumps(repairs, indent=1) + "\n")
     (work / META).write_text(json.dumps({"num_frames": cfg.num_frames, "image_size": size}, indent=1) + "\n")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(work, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(work, out)
     log.info("frames: %d videos in %s, %d failed, %d repaired", len(index), out, len(failures), len(repairs))
 
 
