@@ -27,7 +27,7 @@ from mascot.objective import Objective
 from mascot.train import optimizer_for
 
 FULL = {"model": "ViT-B-32", "batch": 128, "frames": 12, "words": 32, "blocks": 12, "image_batch": 512, "steps": 10, "warmup": 3}
-SMOKE = {"model": "mascot-tiny", "batch": 4, "frames": 3, "words": 12, "blocks": 2, "image_batch": 8, "steps": 2, "warmup": 1}
+SMOKE = {"model": "mascot-tiny", "batch": 4, "frames": 3, "words": 12, "blocks": 4, "image_batch": 8, "steps": 2, "warmup": 1}
 
 
 def sync(device: torch.device) -> None:

@@ -27,7 +27,7 @@ from mascot.train import optimizer_for
 
 # (model, batch, frames, trainable blocks K, words): the tiny default's training shape, and a
 # ViT-B/32 run at a CPU-sized batch with the paper's 12 frames and 32 words.
-DEFAULT_CONFIGS = {"mascot-tiny": (32, 8, 2, 32), "ViT-B-32": (4, 12, 12, 32)}
+DEFAULT_CONFIGS = {"mascot-tiny": (32, 8, 4, 32), "ViT-B-32": (4, 12, 12, 32)}
 
 
 def step_times(variant: VariantConfig, model_name: str, batch: int, frames: int, blocks: int, words: int, repeats: int, warmup: int) -> list[float]:

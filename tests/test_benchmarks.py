@@ -16,7 +16,7 @@ def _run(*args: str) -> str:
 def test_gpu_check_smoke_runs_on_cpu():
     out = _run("benchmarks/gpu_check.py", "--smoke")
     assert "| feature caching, whole tower |" in out and "frames/s" in out
-    assert "| MASCOT training, batch 4 × 3 frames, K = 2 |" in out and "steps/s" in out
+    assert "| MASCOT training, batch 4 × 3 frames, K = 4 |" in out and "steps/s" in out
 
 
 def test_mascot_step_benchmark_prints_the_ratio():

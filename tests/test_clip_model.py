@@ -58,3 +58,93 @@ def test_unavailable_pretrained_tag_is_a_clear_error():
 
     with pytest.raises(MascotError, match="clip.pretrained"):
         create_clip(ClipConfig(model="mascot-tiny", pretrained="/nonexistent/weights.pt"))
+
+
+# --- pretrained weights run in the architecture they were trained in -------------------------------
+
+
+def _preset_models() -> dict[str, str]:
+    import yaml
+
+    from .conftest import REPO
+
+    return {name: spec["clip.model"] for name, spec in yaml.safe_load((REPO / "presets/presets.yaml").read_text())["backbones"].items()}
+
+
+@pytest.fixture(scope="module")
+def vit_b_32_quickgelu():
+    return create_clip(ClipConfig(model=_preset_models()["vit-b-32"]))
+
+
+@pytest.mark.parametrize("backbone", ["vit-b-32", "vit-b-16"])
+def test_every_preset_backbone_builds_the_activation_of_openai_weights(backbone):
+    from open_clip.transformer import QuickGELU
+
+    from mascot.clip_model import check_activation
+
+    cfg = ClipConfig(model=_preset_models()[backbone], pretrained="openai")
+    check_activation(cfg)  # no error: the registry's tag and the config agree
+    model = create_clip(cfg.model_copy(update={"pretrained": None}))
+    for tower in (model.visual.transformer, model.transformer):
+        assert all(isinstance(block.mlp.gelu, QuickGELU) for block in tower.resblocks)
+
+
+@pytest.mark.parametrize("model", ["ViT-B-32", "ViT-B-16"])
+def test_openai_weights_in_a_gelu_tower_are_a_config_error(model):
+    with pytest.raises(ConfigError, match=rf"trained with QuickGELU.*`clip.model: {model}-quickgelu`"):
+        create_clip(ClipConfig(model=model, pretrained="openai"))
+
+
+def test_gelu_tag_in_a_quickgelu_tower_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"trained with GELU.*`clip.model: ViT-B-32`"):
+        create_clip(ClipConfig(model="ViT-B-32-quickgelu", pretrained="laion2b_s34b_b79k"))
+
+
+def _assert_every_tensor_equal(model, state: dict) -> None:
+    ours = model.state_dict()
+    assert set(state) <= set(ours)
+    for key, value in state.items():
+        assert torch.equal(ours[key], value.to(ours[key].dtype)), key
+
+
+def test_open_clip_state_dict_file_loads_into_the_preset_model(tmp_path, vit_b_32_quickgelu):
+    torch.manual_seed(1)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in vit_b_32_quickgelu.state_dict().items()}
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(state, path)
+    loaded = create_clip(ClipConfig(model=_preset_models()["vit-b-32"], pretrained=str(path)))
+    _assert_every_tensor_equal(loaded, state)
+
+
+class _Holder(torch.nn.Module):
+    """A TorchScript-able tree of parameters with OpenAI's CLIP names (the format of OpenAI's .pt)."""
+
+    def __init__(self, state: dict):
+        super().__init__()
+        children: dict[str, dict] = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if rest:
+                children.setdefault(head, {})[rest] = value
+            else:
+                self.register_parameter(key, torch.nn.Parameter(value, requires_grad=False))
+        for name, sub in children.items():
+            self.add_module(name, _Holder(sub))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_openai_torchscript_archive_loads_into_the_preset_model(tmp_path, vit_b_32_quickgelu):
+    from mascot.clip_model import is_torchscript_archive
+
+    torch.manual_seed(2)
+    # OpenAI ships fp16 weights; open_clip's CLIP uses OpenAI's parameter names.
+    state = {k: torch.randn_like(v).half() for k, v in vit_b_32_quickgelu.state_dict().items() if v.is_floating_point()}
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.script(_Holder(state)), str(path))
+    assert is_torchscript_archive(path)
+    with pytest.raises(ConfigError, match="TorchScript archive"):
+        create_clip(ClipConfig(model="ViT-B-32", pretrained=str(path)))
+    loaded = create_clip(ClipConfig(model=_preset_models()["vit-b-32"], pretrained=str(path)))
+    _assert_every_tensor_equal(loaded, state)

@@ -20,7 +20,7 @@ from mascot.train import optimizer_for
 
 from .conftest import REPO
 
-K = 2  # the tiny default splits its 4 blocks at 2
+K = load_params(REPO / "params.yaml").train.trainable_blocks  # the tiny default: K = L = 4 (exact masking)
 MASCOT = VariantConfig(temporal="meanP", mask=MaskConfig())
 
 
@@ -86,6 +86,71 @@ def test_dropped_patches_have_no_influence():
         a, b = top.run(tokens, keep=keep, attention=True), top.run(changed, keep=keep, attention=True)
     torch.testing.assert_close(a.embedding, b.embedding)
     assert a.patches.shape == (2, 4, 128) and a.cls_attention.shape == (2, 4)
+
+
+# --- exact masking: a masked view carries nothing of its dropped patches -------------------------
+
+
+def _pixels_of(patches: torch.Tensor, size: int = 64, patch: int = 16) -> torch.Tensor:
+    """(n, m) patch indices → (n, 1, size, size) bool: the pixels of those patches (row-major grid)."""
+    grid = size // patch
+    cells = torch.zeros(patches.shape[0], grid * grid, dtype=torch.bool)
+    cells[torch.arange(len(patches))[:, None], patches] = True
+    return cells.view(-1, 1, grid, grid).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
+def _masked_variants() -> list[str]:
+    params = load_params(REPO / "params.yaml")
+    return [name for name in params.variant_defs if params.variant(name).mask is not None]
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 4 - 2
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, K], ids=["K1", "K2", "K4=L", "default"])
+@pytest.mark.parametrize("name", _masked_variants())
+def test_masked_view_is_bit_identical_when_dropped_pixels_change(name, k):
+    from mascot.clip_model import check_split
+
+    params = load_params(REPO / "params.yaml")
+    variant, depth = params.variant(name), 4
+    clip = create_clip(ClipConfig())
+    if k < depth:  # the cached frozen blocks would mix dropped patches into every token: refused
+        with pytest.raises(ConfigError, match=r"`train.trainable_blocks: 4`"):
+            check_split("mascot-tiny", k, [name])
+        with pytest.raises(ConfigError, match="trainable_blocks"):
+            Objective(RetrievalModel(clip, k, variant, 2), variant)
+        return
+    torch.manual_seed(0)
+    objective = Objective(RetrievalModel(clip, k, variant, 2), variant).train()
+    prefix = VisionPrefix(clip.visual, k)
+    images = _images(6, 3)  # 3 videos × 2 frames
+    _, _, text = _batch(b=3)
+    with torch.no_grad():
+        step = objective.step(prefix(images).view(3, 2, 17, 128), torch.ones(3, 2, dtype=torch.bool), text)
+        for view in ("high", "low"):
+            drop = step.masks.view(view)
+            changed = torch.where(_pixels_of(drop.masked), _images(6, 4), images)
+            assert not torch.equal(changed, images)
+            before = objective.model.vision.run(prefix(images), keep=drop.visible)
+            after = objective.model.vision.run(prefix(changed), keep=drop.visible)
+            assert torch.equal(before.embedding, after.embedding), view
+            assert torch.equal(before.patches, after.patches), view
+            # ... and it is the view the objective trained on
+            torch.testing.assert_close(before.embedding, step.views[view].embedding, atol=1e-5, rtol=1e-5)
+
+
+def test_dropping_tokens_after_frozen_blocks_would_leak():
+    """Why K < L is refused: the same drop after 2 cached blocks changes with the dropped pixels."""
+    clip = create_clip(ClipConfig())
+    prefix, top = VisionPrefix(clip.visual, 2), VisionTop(clip.visual, 2)
+    images = _images(4, 3)
+    visible = torch.arange(8, 16).expand(4, 8)
+    changed = torch.where(_pixels_of(torch.arange(8).expand(4, 8)), _images(4, 4), images)
+    with torch.no_grad():
+        a, b = top.run(prefix(images), keep=visible).embedding, top.run(prefix(changed), keep=visible).embedding
+    assert (a - b).norm() / a.norm() > 1e-3
 
 
 # --- masks -------------------------------------------------------------------------------------
@@ -247,9 +312,11 @@ def test_frozen_blocks_get_no_gradient_and_trained_parts_do():
     objective.train().step(*_batch()).terms["loss"].backward()
     blocks = clip.visual.transformer.resblocks
     frozen = [clip.visual.conv1.weight, clip.visual.class_embedding, clip.visual.positional_embedding]
+    frozen += list(clip.visual.ln_pre.parameters())  # cached with the patch embedding, even at K = L
     frozen += [p for b in blocks[: len(blocks) - K] for p in b.parameters()]
     assert all(p.grad is None for p in frozen)
     trained = [p for b in blocks[len(blocks) - K :] for p in b.parameters()] + list(objective.decoder.parameters())
+    assert len(trained) > len(list(objective.decoder.parameters()))
     assert all(p.grad is not None for p in trained)
     assert objective.model.vision.patch_positions.requires_grad is False
 

@@ -69,3 +69,21 @@ def test_logit_scale_is_clamped():
     assert model.scale().item() == pytest.approx(100.0)
     model.clamp_logit_scale()
     assert model.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)
+
+
+def test_optimizer_betas_eps_and_clip4clip_no_decay_rule():
+    model = _model("seqTransf")
+    opt = optimizer_for(model, TrainConfig(adam_betas=(0.9, 0.98), adam_eps=1e-6, no_decay="clip4clip", weight_decay=0.2))
+    assert all(g["betas"] == (0.9, 0.98) and g["eps"] == 1e-6 for g in opt.param_groups)
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    # CLIP4Clip's rule is by name: biases only; LayerNorm weights (ln_*), logit_scale and embeddings decay.
+    assert by_id[id(named["vision.ln_post.bias"])]["weight_decay"] == 0.0
+    assert by_id[id(named["vision.ln_post.weight"])]["weight_decay"] == 0.2
+    assert by_id[id(named["logit_scale"])]["weight_decay"] == 0.2
+    assert by_id[id(named["temporal.frame_position"])]["weight_decay"] == 0.2
+
+
+def test_adam_betas_out_of_range_is_a_config_error():
+    with pytest.raises(Exception, match="betas"):
+        TrainConfig(adam_betas=(0.9, 1.0))

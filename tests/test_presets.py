@@ -28,7 +28,8 @@ def test_every_preset_validates_with_the_protocol(name):
     dataset = name.split("-")[0]
     assert params.datasets == [dataset]
     assert (params.frames.num_frames, params.features.max_words) == PROTOCOL[dataset]
-    assert params.clip.model == ("ViT-B-32" if name.endswith("32") else "ViT-B-16")
+    assert params.clip.model == ("ViT-B-32-quickgelu" if name.endswith("32") else "ViT-B-16-quickgelu")
+    assert (params.train.adam_betas, params.train.adam_eps, params.train.no_decay) == ((0.9, 0.98), 1e-6, "clip4clip")
     assert params.clip.pretrained == "openai" and params.train.lr == 1e-4 and params.train.epochs == 5
 
 

@@ -63,28 +63,33 @@ def test_training_learns_a_small_set(tmp_path, tiny_features, tiny_params):
 
 def test_features_for_another_k_are_refused(tmp_path, tiny_features, tiny_params):
     params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"trainable_blocks": 1})})
-    with pytest.raises(MascotError, match="K=2"):
+    with pytest.raises(MascotError, match=f"K={tiny_params.train.trainable_blocks} trainable"):
         train.run(params, tiny_features, "synthetic", "meanP", 0, tmp_path / "m.pt", tmp_path / "l.csv")
     assert not (tmp_path / "m.pt").exists()
 
 
 def test_cached_tokens_continue_the_same_tower(tiny_features, tiny_frames, tiny_params):
-    """The features stage and the train stage build the same (random-init) CLIP: cached prefix +
-    trained top equals the whole tower on the frames."""
+    """The token cache is checked against open_clip: for every video of every split, the stage's fp16
+    tokens (its normalisation, its code) run through the trained top give encode_image of the same
+    frames. Tolerance: fp16 rounds each cached value to 2^-11 relative; through the tower that stays
+    below 1e-2 absolute on the unnormalised embedding and 1e-4 off a cosine of 1 (measured ~1e-3, ~1e-6)."""
     from mascot.clip_model import VisionTop, create_clip, normalization
     from mascot.frames import open_frames
 
     clip = create_clip(tiny_params.clip)
     store = FeatureStore.open(tiny_features)
     index, shards = open_frames(tiny_frames)
-    row = index.iloc[0]
-    frames = torch.from_numpy(np.array(shards[row["shard"]][row["row"], : row["num_valid"]])).permute(0, 3, 1, 2).float() / 255
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization(clip))
-    tokens, _ = store.video_batch(np.array([0]))
-    with torch.no_grad():
-        ours = VisionTop(clip.visual, tiny_params.train.trainable_blocks)(tokens[0, : row["num_valid"]])
-        ref = clip.encode_image((frames - mean) / std)
-    torch.testing.assert_close(ours, ref, atol=2e-2, rtol=2e-2)  # fp16 cache
+    top = VisionTop(clip.visual, tiny_params.train.trainable_blocks)
+    assert set(index["split"]) == {"train", "val", "test"}
+    for position, row in enumerate(index.itertuples()):
+        frames = torch.from_numpy(np.array(shards[row.shard][row.row, : row.num_valid])).permute(0, 3, 1, 2).float() / 255
+        tokens, _ = store.video_batch(np.array([position]))
+        with torch.no_grad():
+            ours = top(tokens[0, : row.num_valid])
+            ref = clip.encode_image((frames - mean) / std)
+        torch.testing.assert_close(ours, ref, atol=1e-2, rtol=0)
+        assert torch.nn.functional.cosine_similarity(ours, ref).min() > 1 - 1e-4
 
 
 @pytest.mark.parametrize("variant", ["seqTransf", "random_masks"])

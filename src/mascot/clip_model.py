@@ -9,6 +9,7 @@ file, or null (random weights).
 from __future__ import annotations
 
 import functools
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,16 +50,71 @@ def vision_layers(name: str) -> int:
     return int(model_config(name)["vision_cfg"]["layers"])
 
 
+def is_torchscript_archive(path: str | Path) -> bool:
+    """OpenAI distributes its CLIP weights as TorchScript archives (a zip with a code/ folder)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, IndexError):
+        return False
+
+
+def check_activation(cfg: ClipConfig) -> None:
+    """Pretrained weights must run with the activation they were trained with.
+
+    OpenAI's CLIP uses QuickGELU; open_clip's plain `ViT-B-32` / `ViT-B-16` configs use GELU and only
+    warn when given OpenAI weights, which silently shifts every activation of the tower. For a tag,
+    open_clip's registry says how it was trained; a TorchScript archive is OpenAI's own format. A
+    state-dict file carries no such record: its activation is the model config's.
+    """
+    if cfg.pretrained is None:
+        return
+    model_quick = bool(model_config(cfg.model).get("quick_gelu", False))
+    # A tag may be registered only under the sibling config (GELU tags are not listed for -quickgelu).
+    sibling = cfg.model.removesuffix("-quickgelu") if cfg.model.endswith("-quickgelu") else f"{cfg.model}-quickgelu"
+    tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) or open_clip.get_pretrained_cfg(sibling, cfg.pretrained)
+    if tag_cfg:
+        needs_quick, source = bool(tag_cfg.get("quick_gelu", False)), f"the pretrained tag `{cfg.pretrained}`"
+    elif Path(cfg.pretrained).is_file() and is_torchscript_archive(cfg.pretrained):
+        needs_quick, source = True, f"{cfg.pretrained} (a TorchScript archive, OpenAI's CLIP format)"
+    else:
+        return
+    if needs_quick != model_quick:
+        want = "QuickGELU" if needs_quick else "GELU"
+        base = cfg.model.removesuffix("-quickgelu")
+        fix = f"{base}-quickgelu" if needs_quick else base
+        raise ConfigError(
+            f"`clip.pretrained: {cfg.pretrained}` was trained with {want}, but `clip.model: {cfg.model}` builds "
+            f"{'GELU' if needs_quick else 'QuickGELU'} towers, so every activation of the loaded weights would be "
+            f"computed with the wrong function ({source}). Set `clip.model: {fix}` (open_clip's config with the "
+            "matching activation; run `python -c 'import open_clip; print(open_clip.list_models())'` for the names)."
+        )
+
+
 def create_clip(cfg: ClipConfig) -> nn.Module:
     """Build the open_clip model named in `clip:` (weights per `clip.pretrained`), in eval mode."""
     model_config(cfg.model)
+    check_activation(cfg)
+    if cfg.pretrained is not None and not open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) and not Path(cfg.pretrained).is_file():
+        raise ConfigError(
+            f"`clip.pretrained: {cfg.pretrained}` is neither a pretrained tag of {cfg.model} "
+            f"({', '.join(open_clip.list_pretrained_tags_by_model(cfg.model)) or 'it has none'}) nor an existing file; "
+            "fix the tag or the path, or set it to null for random weights."
+        )
     try:
         # Random weights must be the same in every stage that builds the model (the cached bottom
         # blocks and the trained top blocks are one tower), and must not disturb the caller's RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
-            model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir)
+            if cfg.pretrained is not None and is_torchscript_archive(cfg.pretrained):
+                # torch.load refuses TorchScript with weights_only=True: load OpenAI's archive explicitly.
+                model = open_clip.create_model(cfg.model, pretrained=None)
+                open_clip.load_checkpoint(model, cfg.pretrained, weights_only=False)
+            else:
+                model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir)
     except Exception as exc:
+        if cfg.pretrained is None:
+            raise
         raise MascotError(
             f"Cannot load weights `clip.pretrained: {cfg.pretrained}` for `clip.model: {cfg.model}` ({exc}). "
             "A pretrained tag needs network access once (then it is cached in clip.cache_dir or $HF_HOME); "
@@ -72,14 +128,28 @@ def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN), tuple(getattr(visual, "image_std", None) or OPENAI_STD)
 
 
-def check_split(model_name: str, trainable_blocks: int) -> int:
-    """Validate K against the tower depth L; return L."""
+def check_split(model_name: str, trainable_blocks: int, masked_variants: list[str] | tuple = ()) -> int:
+    """Validate K against the tower depth L (and K = L when a masked variant is trained); return L."""
     depth = vision_layers(model_name)
     if not 1 <= trainable_blocks <= depth:
         raise ConfigError(
             f"`train.trainable_blocks: {trainable_blocks}` must be between 1 and the {depth} vision blocks of {model_name}."
         )
+    if masked_variants and trainable_blocks < depth:
+        raise ConfigError(masking_needs_whole_tower(model_name, trainable_blocks, depth, masked_variants))
     return depth
+
+
+def masking_needs_whole_tower(model_name: str, trainable_blocks: int, depth: int, masked_variants) -> str:
+    names = ", ".join(f"`{v}`" for v in masked_variants)
+    return (
+        f"`variants` lists {names}, which mask patches (`objective: mascot`), but `train.trainable_blocks: "
+        f"{trainable_blocks}` caches the output of the first {depth - trainable_blocks} of the {depth} vision blocks of "
+        f"{model_name}. Those blocks have already mixed every patch into every token, so a view that drops patch "
+        f"tokens after them would still carry the dropped patches. Set `train.trainable_blocks: {depth}` (the whole "
+        "tower runs on the cached patch embeddings, as in the paper's end-to-end fine-tuning) or remove the masked "
+        "variants from `variants` (docs/model.md, \"Exact masking\")."
+    )
 
 
 class _Blocks(nn.Module):
@@ -151,6 +221,8 @@ class VisionTop(nn.Module):
             raise ConfigError("Only CLS-pooled open_clip ViTs are supported (no attentional pooling).")
         blocks = list(visual.transformer.resblocks)
         self.blocks = _Blocks(blocks[len(blocks) - trainable_blocks :], visual.transformer.batch_first)
+        # Dropping tokens is a mask only when no block has mixed them yet (K = L): see masking_needs_whole_tower.
+        self.whole_tower = trainable_blocks == len(blocks)
         self.ln_post = visual.ln_post
         self.proj = visual.proj
         # Frozen patch position embeddings (no CLS; part of the cached prefix): the ISC decoder's

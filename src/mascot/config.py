@@ -70,6 +70,16 @@ class TrainConfig(Section):
         1e-3, gt=0, description="CLIP weights train at lr * clip_lr_scale (1e-7 / 1e-4 in CLIP4Clip)"
     )
     weight_decay: float = Field(0.2, ge=0)
+    adam_betas: tuple[float, float] = Field(
+        (0.9, 0.98), description="AdamW betas; (0.9, 0.98) as CLIP4Clip's BertAdam (torch's default is (0.9, 0.999))"
+    )
+    adam_eps: float = Field(1e-6, gt=0, description="AdamW epsilon; 1e-6 as CLIP4Clip's BertAdam (torch's default 1e-8)")
+    no_decay: Literal["ndim", "clip4clip"] = Field(
+        "ndim",
+        description="parameters without weight decay: ndim (ours: every tensor with fewer than 2 dims: biases, norm "
+        "weights, embeddings' scales, logit_scale) or clip4clip (names containing bias / LayerNorm.bias / "
+        "LayerNorm.weight, CLIP4Clip's list; with open_clip's names that is the biases only)",
+    )
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
     logit_scale_max: float = Field(100.0, gt=0)
@@ -83,6 +93,13 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(
         0, ge=0, description="also save the resumable training state every this many steps (0: at epoch ends only)"
     )
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(f"both betas must lie in [0, 1), got {list(value)}")
+        return value
 
 
 class MaskConfig(Section):
@@ -221,6 +238,10 @@ class Params(Section):
         if name not in self.data:
             raise ConfigError(f"params.yaml has no `data.{name}` section; known: {sorted(self.data)}.")
         return self.data[name]
+
+    def masked_variants(self) -> list[str]:
+        """The variants in `variants` that mask patches (they need K = L, see clip_model.check_split)."""
+        return [name for name in self.variants if self.variant(name).mask is not None]
 
     def variant(self, name: str) -> VariantConfig:
         """The variant with MASCOT's shared settings applied."""

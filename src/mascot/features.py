@@ -47,7 +47,7 @@ def encode_frames(prefix: VisionPrefix, frames: np.ndarray, mean, std, batch_siz
 
 def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> None:
     clip_cfg, k = params.clip, params.train.trainable_blocks
-    check_split(clip_cfg.model, k)
+    check_split(clip_cfg.model, k, params.masked_variants())
     index, shards = open_frames(frames_dir)
     meta_frames = json.loads((Path(frames_dir) / "meta.json").read_text())
     model = create_clip(clip_cfg)

@@ -18,6 +18,7 @@ from torch import nn
 from .clip_model import TowerOutput
 from .config import VariantConfig
 from .distributed import gather
+from .errors import ConfigError
 from .isc import ISCDecoder, completion_loss
 from .masking import InformedMasks, informed_masks, patch_scores
 from .model import RetrievalModel, contrastive
@@ -60,6 +61,13 @@ class Objective(nn.Module):
         self.model = model
         self.variant = variant
         masking = variant.mask is not None
+        if masking and not model.vision.whole_tower:
+            depth = len(model.vision.blocks.blocks)
+            raise ConfigError(
+                f"This variant masks patches but the model runs only the top {depth} vision blocks on cached tokens: a "
+                "masked view is exact only when the whole tower runs on the cached patch embeddings (K = L); set "
+                "`train.trainable_blocks` to the tower's depth (docs/model.md, \"Exact masking\")."
+            )
         self.decoder = ISCDecoder(variant.isc, model.vision.width, model.text.width) if masking and variant.isc.weight > 0 else None
 
     def is_new_module(self, name: str) -> bool:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, resume
-from .clip_model import create_clip
+from .clip_model import check_split, create_clip
 from .config import Params, TrainConfig
 from .devices import autocast, grad_scaler, select_device
 from .errors import MascotError
@@ -38,17 +38,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# CLIP4Clip's no-decay list: substrings of parameter names (its BertAdam call, main_task_retrieval.py).
+CLIP4CLIP_NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+
+def decays(name: str, p: torch.nn.Parameter, rule: str) -> bool:
+    """Whether weight decay applies to parameter `name` under `train.no_decay`."""
+    if rule == "clip4clip":
+        return not any(part in name for part in CLIP4CLIP_NO_DECAY)
+    return p.ndim >= 2
+
+
 def optimizer_for(model: RetrievalModel | Objective, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; CLIP weights at lr × clip_lr_scale, new modules at lr; no decay on biases, norms, scales."""
+    """AdamW (betas, eps from `train`); CLIP weights at lr × clip_lr_scale, new modules at lr; weight
+    decay except where `train.no_decay` says not."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault((model.is_new_module(name), p.ndim >= 2), []).append(p)
+            groups.setdefault((model.is_new_module(name), decays(name, p, cfg.no_decay)), []).append(p)
     return torch.optim.AdamW(
         [
             {"params": ps, "lr": cfg.lr if new else cfg.lr * cfg.clip_lr_scale, "weight_decay": cfg.weight_decay if decay else 0.0}
             for (new, decay), ps in groups.items()
-        ]
+        ],
+        betas=tuple(cfg.adam_betas),
+        eps=cfg.adam_eps,
     )
 
 
@@ -89,6 +103,7 @@ def run(
             f"{features_dir} holds tokens of {store.meta['model']} for K={store.meta['trainable_blocks']} trainable blocks, "
             f"but params.yaml asks for {params.clip.model} with K={cfg.trainable_blocks}; rerun the features stage (dvc repro)."
         )
+    check_split(params.clip.model, cfg.trainable_blocks, [variant_name] if variant.mask is not None else [])
     train_rows = store.caption_rows("train")
     if len(train_rows) < 2 or len(store.videos("val")) == 0:
         raise MascotError(f"{features_dir}: training needs at least 2 training captions and a non-empty val split.")
