@@ -68,13 +68,21 @@ def _tables(args, params):
 
 
 def _preset(args, params):
+    import subprocess
+
     from . import presets
 
     if args.list or not args.name:
         print("\n".join(presets.names()))
     elif args.apply:
         presets.apply_in_place(args.params, args.name)
-        logging.getLogger("mascot").info("preset %s applied to %s", args.name, args.params)
+        print(presets.next_steps(args.name, args.params))
+    elif args.exp_run is not None:
+        command = presets.exp_run_command(args.name, args.exp_run)
+        logging.getLogger("mascot").info("running: %s", " ".join(command))
+        returncode = subprocess.run(command).returncode
+        if returncode:
+            raise MascotError(f"`dvc exp run` failed (exit status {returncode}); its output above says why.")
     else:
         print(" ".join(presets.exp_run_args(args.name)))
 
@@ -136,11 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "preset",
         _preset,
-        "Paper presets (presets/presets.yaml): print one as `dvc exp run` -S overrides, or --apply it to params.yaml.",
+        "Paper presets (presets/presets.yaml): --apply one to params.yaml, run it as an experiment "
+        "(--exp-run [dvc exp run arguments]), or print its `dvc exp run` -S overrides.",
     )
     p.add_argument("name", nargs="?", help="<dataset>-<backbone>, e.g. msrvtt-vit-b-32 (none: list them)")
     p.add_argument("--list", action="store_true", help="list the presets")
     p.add_argument("--apply", action="store_true", help="write the preset into the --params file, keeping its comments")
+    p.add_argument(
+        "--exp-run", nargs=argparse.REMAINDER, metavar="DVC_ARGS", default=None,
+        help="run `dvc exp run` with the preset's -S overrides followed by DVC_ARGS, every argument after --exp-run "
+        "(e.g. --temp -S clip.pretrained=null): a -S given here wins over the preset's (last one last, README)",
+    )
     return parser
 
 
