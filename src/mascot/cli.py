@@ -23,7 +23,10 @@ def _download(args, params):
     dataset = get_dataset(args.dataset, params.dataset(args.dataset))
     cache = args.cache or args.out.parent / ".downloads"
     with atomic_dir(args.out) as tmp:
-        dataset.download(tmp, cache)
+        try:
+            dataset.download(tmp, cache)
+        except MascotError as exc:  # the temporary folder is gone once the error is read: name the final one
+            raise type(exc)(str(exc).replace(str(tmp), str(args.out))) from None
 
 
 def _annotations(args, params):
