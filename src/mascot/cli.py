@@ -67,7 +67,7 @@ def _evaluate(args, params):
 def _tables(args, params):
     from . import tables
 
-    tables.run(params, args.metrics, args.out, args.published)
+    tables.run(params, args.dataset, args.metrics, args.out, args.published)
 
 
 def _preset(args, params):
@@ -139,9 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="checkpoint from the train stage")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
 
-    p = stage("tables", _tables, "Markdown, CSV and LaTeX tables from all metrics files.")
-    p.add_argument("--metrics", type=Path, required=True, help="folder of metrics JSON files")
-    p.add_argument("--out", type=Path, required=True, help="tables folder to create")
+    p = stage("tables", _tables, "Markdown, CSV and LaTeX tables of one dataset from its metrics files.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--metrics", type=Path, required=True, help="folder of the dataset's metrics JSON files")
+    p.add_argument("--out", type=Path, required=True, help="the dataset's tables folder to create")
     p.add_argument("--published", type=Path, default=None, help="reference file of published results (references/published.yaml)")
 
     p = stage(
