@@ -62,7 +62,7 @@ def test_cli_reports_schema_error_without_traceback(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     proc = subprocess.run(
-        [sys.executable, "-m", "mascot", "--params", str(params), "tables", "--metrics", "m", "--out", "o"],
+        [sys.executable, "-m", "mascot", "--params", str(params), "tables", "--dataset", "synthetic", "--metrics", "m", "--out", "o"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert proc.returncode == 2

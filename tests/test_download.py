@@ -142,3 +142,34 @@ def test_served_archive_end_to_end(tmp_path):
                      "sha256:" + hashlib.sha256(blob).hexdigest(), backoff=0.01, progress=False)
     safe_extract(path, tmp_path / "raw", root="msrvtt_data")
     assert (tmp_path / "raw" / "MSRVTT_train.9k.csv").read_text() == "video_id\nvideo1\n"
+
+
+def test_a_host_that_does_not_resolve_fails_at_once(tmp_path, monkeypatch):
+    import socket
+
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    with pytest.raises(DownloadError) as info:
+        fetch("http://example.invalid/a.zip", tmp_path / "a.zip", None, retries=4, backoff=30.0, progress=False, what="data.x.files.a")
+    message = str(info.value)
+    assert len(calls) == 1 and "cannot be resolved (Name or service not known)" in message and "offline" in message
+    assert "nothing was fetched yet" in message and ".part" not in message
+
+
+def test_a_failed_download_says_what_was_kept(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError, match=r"failed after 1 attempts .*nothing was fetched yet\)\.$"):
+        fetch(f"http://127.0.0.1:{port}/a.bin", tmp_path / "a.bin", None, retries=0, progress=False)
+    with serve({"/a.bin": PAYLOAD}) as srv:
+        srv.cut_next["/a.bin"] = 300_000
+        with pytest.raises(DownloadError, match=r"the 300000 bytes already fetched are kept in .*a\.bin\.part"):
+            fetch(f"{srv.url}/a.bin", tmp_path / "a.bin", SHA, retries=0, progress=False)

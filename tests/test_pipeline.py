@@ -19,7 +19,7 @@ def repo(dvc_pipeline) -> Path:
 
 def test_full_dag_then_nothing_to_do(repo, dvc_pipeline):
     stages = dvc_ran(dvc_pipeline[1])
-    assert {"download@synthetic", "frames@synthetic", "features@synthetic", "tables"} <= stages
+    assert {"download@synthetic", "frames@synthetic", "features@synthetic", "tables@synthetic"} <= stages
     assert {"train@synthetic-meanP-0", "train@synthetic-mascot-0", "evaluate@synthetic-mascot-0"} <= stages
 
     tables = repo / "results" / "tables" / "synthetic"
@@ -44,20 +44,20 @@ def test_full_dag_then_nothing_to_do(repo, dvc_pipeline):
 def test_lr_edit_reruns_train_evaluate_tables_only(repo):
     set_param(repo, "train.lr", 0.0002)
     stages = dvc_ran(sh(["dvc", "repro"], repo))
-    expected = {f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")} | {"tables"}
+    expected = {f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")} | {"tables@synthetic"}
     assert stages == expected
 
 
 def test_a_mascot_setting_reruns_only_mascot(repo):
     set_param(repo, "variant_defs.mascot.mask", {"ratio": 0.25})
     stages = dvc_ran(sh(["dvc", "repro"], repo))
-    assert stages == {"train@synthetic-mascot-0", "evaluate@synthetic-mascot-0", "tables"}
+    assert stages == {"train@synthetic-mascot-0", "evaluate@synthetic-mascot-0", "tables@synthetic"}
 
 
 def test_num_frames_edit_reruns_frames_onwards(repo):
     set_param(repo, "frames.num_frames", 3)
     stages = dvc_ran(sh(["dvc", "repro"], repo))
-    expected = {"frames@synthetic", "features@synthetic", "tables"} | {
+    expected = {"frames@synthetic", "features@synthetic", "tables@synthetic"} | {
         f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")
     }
     assert stages == expected

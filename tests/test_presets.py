@@ -58,3 +58,62 @@ def test_exp_run_arguments_round_trip():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"Unknown preset `msrvtt-rn50`; presets are msrvtt-vit-b-32"):
         presets.overrides("msrvtt-rn50")
+
+
+def test_exp_run_puts_the_users_overrides_after_the_presets(monkeypatch):
+    from mascot.cli import main
+
+    ran = []
+    monkeypatch.setattr("subprocess.run", lambda cmd, **kw: ran.append(cmd) or type("P", (), {"returncode": 0})())
+    assert main(["preset", "msrvtt-vit-b-32", "--exp-run", "--temp", "-S", "clip.pretrained=null"]) == 0
+    (cmd,) = ran
+    assert cmd[:3] == ["dvc", "exp", "run"] and cmd[-3:] == ["--temp", "-S", "clip.pretrained=null"]
+    settings = [a for a in cmd[3:] if a.startswith("clip.pretrained=")]
+    assert settings == ["clip.pretrained=openai", "clip.pretrained=null"]  # the user's is the later one
+
+
+@pytest.mark.slow
+def test_dvc_keeps_the_later_override_and_temp_leaves_params_untouched(tmp_path):
+    """The premise of --exp-run, checked on DVC itself: of two -S for one key the later wins, and
+    `--temp` runs without rewriting params.yaml (a workspace run leaves the values in it)."""
+    import shutil
+    import sys
+
+    from .project_copy import GIT, sh
+
+    (tmp_path / "presets").mkdir()
+    shutil.copy(REPO / "presets" / "presets.yaml", tmp_path / "presets")
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    show = "import yaml; p = yaml.safe_load(open('params.yaml')); print(p['clip']['pretrained'], p['train']['epochs'])"
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"show": {"cmd": f'python -c "{show}" > out.txt', "params": ["clip", "train"], "outs": ["out.txt"]}}})
+    )
+    sh(["git", "init", "-q"], tmp_path)
+    sh(["dvc", "init", "-q"], tmp_path)
+    sh([*GIT, "add", "-A"], tmp_path)
+    sh([*GIT, "commit", "-qm", "init"], tmp_path)
+    original = (tmp_path / "params.yaml").read_bytes()
+    mascot = [sys.executable, "-m", "mascot", "preset", "msrvtt-vit-b-32", "--exp-run"]
+    sh([*mascot, "--temp", "-S", "clip.pretrained=null"], tmp_path)
+    assert (tmp_path / "params.yaml").read_bytes() == original and not (tmp_path / "out.txt").exists()
+    sh([*mascot, "-S", "clip.pretrained=null"], tmp_path)
+    assert (tmp_path / "out.txt").read_text().split() == ["None", "5"]  # the user's null, the preset's epochs
+    assert (tmp_path / "params.yaml").read_bytes() != original  # a workspace run leaves its values in params.yaml
+
+
+def test_apply_leaves_no_stale_comment_and_says_what_to_do_next(tmp_path, capsys):
+    from mascot.cli import main
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    assert main(["--params", str(path), "preset", "lsmdc-vit-b-16", "--apply"]) == 0
+    text = path.read_text()
+    for stale in ("# random weights;", "peaks at epochs 4-6", "train it at full lr", "mascot-tiny.json", "# decoding processes"):
+        assert stale not in text
+    lines = {line.split(":")[0].strip(): line for line in text.splitlines() if ":" in line}
+    for key in ("pretrained", "epochs", "clip_lr_scale", "model", "workers", "checkpoint_every"):
+        assert lines[key].endswith("# preset lsmdc-vit-b-16"), lines[key]
+    assert "# MASCOT's settings" in text and "dsl_scale: 100.0         # DSL" in text  # other comments stay
+    assert "  precision: bf16        # autocast on CUDA" in text  # a key the preset sets to its current value keeps its comment
+    out = capsys.readouterr().out
+    assert "data.lsmdc.source_dir" in out and "needs the network once" in out and "dvc repro" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def dataset(name: str, **config):
 def unchecked_files(name: str) -> dict:
     """`files` overrides that drop the released checksums (the fixtures are not the released files)."""
     files = dataset(name).config.files
-    return {k: {"checksum": None, "members": {m: None for m in spec.members}} for k, spec in files.items()}
+    return {k: {"checksum": None, "members": {m: {"checksum": None} for m in spec.members}} for k, spec in files.items()}
 
 
 def fixture_raw(tmp_path: Path, name: str) -> Path:
@@ -181,15 +182,15 @@ def test_real_files_match_the_registered_checksums(tmp_path):
 
     for name, folder in (("msrvtt", "msrvtt"), ("didemo", "didemo"), ("activitynet", "activitynet")):
         for spec in dataset(name).config.files.values():
-            for member, checksum in spec.members.items():
-                if checksum and (SHARED_ANN / folder / member).exists():
-                    verify(SHARED_ANN / folder / member, checksum, f"{name}/{member}")
+            for member in spec.provides().values():
+                if member.checksum and (SHARED_ANN / folder / member.file).exists():
+                    verify(SHARED_ANN / folder / member.file, member.checksum, f"{name}/{member.file}")
 
 
 # --- the download stage: placement by hand, completeness, per-video and archive downloads ---
 
 
-def test_source_dir_placement_links_files_and_lists_missing_videos(tmp_path):
+def test_source_dir_placement_copies_files_and_lists_missing_videos(tmp_path):
     source = tmp_path / "placed"
     WRITERS["lsmdc"](source / "annotations")
     clips = [c for rows in LSMDC_LINES.values() for c, _ in rows]
@@ -201,7 +202,16 @@ def test_source_dir_placement_links_files_and_lists_missing_videos(tmp_path):
     dataset("lsmdc", source_dir=str(source), max_missing_fraction=0.2).download(raw, tmp_path / "cache")
     assert (raw / MISSING).read_text() == f"{clips[-1].rsplit('_', 1)[0]}/{clips[-1]}.avi\n"
     first = raw / "videos" / clips[0].rsplit("_", 1)[0] / f"{clips[0]}.avi"
-    assert first.read_bytes() == b"avi" and first.stat().st_ino == (source / "videos" / first.relative_to(raw / "videos")).stat().st_ino
+    placed = source / "videos" / first.relative_to(raw / "videos")
+    assert first.read_bytes() == b"avi" and first.stat().st_ino != placed.stat().st_ino
+    # what DVC does to the raw folder (read-only, moved into its cache) never reaches the user's files
+    first.chmod(0o444)
+    first.unlink()
+    assert placed.stat().st_nlink == 1 and os.access(placed, os.W_OK) and placed.read_bytes() == b"avi"
+    assert (source / "annotations" / "LSMDC16_annos_val.csv").stat().st_nlink == 1
+    linked = tmp_path / "raw-linked"
+    dataset("lsmdc", source_dir=str(source), max_missing_fraction=0.2, link_placed=True).download(linked, tmp_path / "cache")
+    assert (linked / "videos" / first.relative_to(raw / "videos")).stat().st_ino == placed.stat().st_ino  # the opt-in
     with pytest.raises(MascotError, match=r"1 of 6 annotated videos \(16.7%\) are missing.*test: 1 of 2"):
         dataset("lsmdc", source_dir=str(source), max_missing_fraction=0.1).download(tmp_path / "raw2", tmp_path / "cache")
 
@@ -239,7 +249,7 @@ def test_msrvtt_download_from_overridden_urls(tmp_path):
         "/msrvtt_data.zip": _zip({f"msrvtt_data/{p.name}": p.read_bytes() for p in ann.iterdir()}),
         "/MSRVTT.zip": _zip({f"MSRVTT/videos/all/{v}.mp4": v.encode() for v in videos}),
     }
-    members = {p.name: None for p in ann.iterdir()}  # the fixture files are not the released ones
+    members = unchecked_files("msrvtt")["annotations"]["members"]  # the fixture files are not the released ones
     with serve(served) as srv:
         ds = dataset("msrvtt", val_videos=2, files={
             "annotations": {"url": srv.url + "/msrvtt_data.zip", "members": members},
@@ -259,6 +269,55 @@ def test_released_checksums_reject_other_files(tmp_path):
         ds = dataset("msrvtt", files={"annotations": {"url": srv.url + "/msrvtt_data.zip"}})
         with pytest.raises(MascotError, match=r"checksum mismatch for MSRVTT_train.9k.csv: expected gitblob:95b6bce"):
             ds.download(tmp_path / "raw", tmp_path / "cache")
+
+
+def test_a_placed_subset_names_the_exact_key_and_the_switch(tmp_path, capsys):
+    """A trimmed MSRVTT_train.9k.csv placed by hand: the message names the logical key (settable
+    with -S) and data.msrvtt.verify_placed; the switch lets it through; downloads stay checked."""
+    source = tmp_path / "placed"
+    WRITERS["msrvtt"](source / "annotations")
+    (source / "videos").mkdir()  # videos placed by hand (none here), so nothing is downloaded
+    with pytest.raises(MascotError) as info:
+        dataset("msrvtt", source_dir=str(source), val_videos=2).download(tmp_path / "raw", tmp_path / "cache")
+    message = str(info.value)
+    assert "checksum mismatch for MSRVTT_train.9k.csv" in message and "placed by hand" in message
+    assert "dvc exp run -S '++data.msrvtt.verify_placed=false'" in message
+    assert "dvc exp run -S '++data.msrvtt.files.annotations.members.train_9k.checksum=null'" in message
+    assert "under `data.msrvtt:` add `files: {annotations: {members: {train_9k: {checksum: null}}}}`" in message
+    assert "Re-download" not in message
+    # both forms the message offers are accepted, and each lets the placed subset through
+    per_file = {"annotations": {"members": {m: {"checksum": None} for m in ("train_9k", "train_7k", "test")}}}
+    for i, config in enumerate([{"verify_placed": False}, {"files": per_file}]):
+        ds = dataset("msrvtt", source_dir=str(source), val_videos=2, max_missing_fraction=1.0, **config)
+        ds.download(tmp_path / f"raw{i}", tmp_path / "cache")
+        assert (tmp_path / f"raw{i}" / "annotations" / "MSRVTT_train.9k.csv").is_file()
+    # a download is checked whatever verify_placed says
+    ann = tmp_path / "ann"
+    WRITERS["msrvtt"](ann)
+    with serve({"/msrvtt_data.zip": _zip({f"msrvtt_data/{p.name}": p.read_bytes() for p in ann.iterdir()})}) as srv:
+        ds = dataset("msrvtt", verify_placed=False, files={"annotations": {"url": srv.url + "/msrvtt_data.zip"}})
+        with pytest.raises(MascotError, match=r"checksum mismatch for MSRVTT_train.9k.csv.*download it again.*"
+                           r"members.train_9k.checksum=null"):
+            ds.download(tmp_path / "raw-dl", tmp_path / "cache")
+
+
+def test_the_missing_videos_error_names_the_final_raw_folder(tmp_path, capsys):
+    import yaml
+
+    from mascot.cli import main
+
+    from .conftest import tiny_params_dict
+
+    source = tmp_path / "placed"
+    WRITERS["activitynet"](source / "annotations")
+    (source / "videos").mkdir()
+    raw_params = tiny_params_dict()
+    raw_params["data"]["activitynet"] = {"source_dir": str(source), "verify_placed": False, "val_videos": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    out = tmp_path / "data" / "activitynet" / "raw"
+    assert main(["--params", str(tmp_path / "params.yaml"), "download", "--dataset", "activitynet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"are missing from {out / 'videos'} " in err and ".tmp-" not in err
 
 
 def test_placed_videos_keep_their_extension(tmp_path):

@@ -15,7 +15,7 @@ def _values(r1):
 
 
 def _write(metrics_dir, variant, seed, r1, dataset="synthetic", dsl_r1=None):
-    data = {"dataset": dataset, "variant_name": variant, "seed": seed, "num_videos": 48, "t2v": _values(r1), "v2t": _values(r1)}
+    data = {"dataset": dataset, "variant_name": variant, "seed": seed, "num_videos": 48, "num_captions": 96, "t2v": _values(r1), "v2t": _values(r1)}
     if dsl_r1 is not None:
         data["dsl"] = {"t2v": _values(dsl_r1), "v2t": _values(dsl_r1), "scale": 100.0}
     path = metrics_dir / dataset / f"{variant}-seed{seed}.json"
@@ -37,8 +37,8 @@ def test_tables_mean_std_order_and_layout(tmp_path, tiny_params):
     _write(metrics, "meanP", 7, 99.0)  # a seed that is no longer configured: stale, left out
     _write(metrics, "isc_both", 0, 99.0)  # a variant that is not in `variants`: left out
     out = tmp_path / "tables"
-    tables.run(_params(tiny_params), metrics, out)
-    # ablation, main and both sweeps have at least one run; one folder per dataset
+    tables.run(_params(tiny_params), "synthetic", metrics / "synthetic", out / "synthetic")
+    # ablation, main and both sweeps; one folder per dataset
     assert sorted(p.name for p in (out / "synthetic").iterdir()) == sorted(
         f"{t}.{ext}" for t in ("main", "ablation", "mask_ratio", "mask_score") for ext in ("md", "csv", "tex")
     )
@@ -59,7 +59,7 @@ def test_main_table_of_a_real_dataset_shows_published_rows_apart(tmp_path, tiny_
     _write(metrics, "meanP", 0, 30.0, dataset="msrvtt")
     params = _params(tiny_params, datasets=["msrvtt"])
     out = tmp_path / "tables"
-    tables.run(params, metrics, out, REPO / "references" / "published.yaml")
+    tables.run(params, "msrvtt", metrics / "msrvtt", out / "msrvtt", REPO / "references" / "published.yaml")
     md = (out / "msrvtt" / "main.md").read_text()
     lines = md.splitlines()
     separator = next(i for i, line in enumerate(lines) if "Published (not measured here)" in line)
@@ -94,7 +94,7 @@ def test_dsl_rows_are_listed_apart_and_labelled(tmp_path, tiny_params):
     _write(metrics, "meanP", 0, 30.0, dsl_r1=36.0)
     _write(metrics, "mascot", 0, 32.0, dsl_r1=39.0)
     out = tmp_path / "tables"
-    tables.run(_params(tiny_params), metrics, out)
+    tables.run(_params(tiny_params), "synthetic", metrics / "synthetic", out / "synthetic")
     lines = (out / "synthetic" / "main.md").read_text().splitlines()
     heading = next(i for i, line in enumerate(lines) if "Post-processed: DSL" in line)
     plain = [i for i, line in enumerate(lines) if line.startswith(("| CLIP4Clip-meanP (baseline) |", "| MASCOT (meanP) |"))]
@@ -103,10 +103,68 @@ def test_dsl_rows_are_listed_apart_and_labelled(tmp_path, tiny_params):
     assert dsl[0].startswith("| CLIP4Clip-meanP (baseline) + DSL | 1 | 36.0 |")
     assert not any("36.0" in lines[i] for i in plain)  # post-processed numbers never reach plain rows
     csv = pd.read_csv(out / "synthetic" / "main.csv")
-    assert list(csv["post"]) == ["none", "none", "dsl", "dsl"]
+    assert list(csv["post"]) == ["none", "none", "dsl", "dsl", "none"]  # and seqTransf, not run
+    assert list(csv["status"]) == ["measured"] * 4 + ["not run"]
     assert "Post-processed" in (out / "synthetic" / "main.tex").read_text()
 
 
 def test_tables_without_metrics_fail(tmp_path, tiny_params):
     with pytest.raises(MascotError, match="no metrics"):
-        tables.run(tiny_params, tmp_path, tmp_path / "out")
+        tables.run(tiny_params, "synthetic", tmp_path, tmp_path / "out")
+
+
+def test_every_table_states_its_settings_and_marks_rows_not_run(tmp_path, tiny_params):
+    metrics = tmp_path / "metrics"
+    _write(metrics, "meanP", 0, 30.0)
+    _write(metrics, "meanP", 1, 31.0)
+    _write(metrics, "mascot", 1, 50.0)
+    params = _params(tiny_params, variants=["meanP", "mascot"])
+    out = tmp_path / "tables"
+    tables.run(params, "synthetic", metrics / "synthetic", out)
+    setting = (
+        "Settings of the measured rows: backbone mascot-tiny, pretrained weights none (random weights), 1 epochs "
+        "(checkpoint selected on val), K = 2 trained vision blocks, test split 48 videos / 96 captions, seeds 0, 1."
+    )
+    only_mascot = setting.replace("seeds 0, 1.", "seeds 1.")  # the seeds of this table's measured rows
+    for name, line in (("main", setting), ("ablation", setting), ("mask_ratio", setting), ("mask_score", only_mascot)):
+        md = (out / f"{name}.md").read_text()
+        assert line in md and md.index(line) < md.index("| Method")
+        assert (out / f"{name}.tex").read_text().startswith(f"% {line}\n")
+    ablation = (out / "ablation.md").read_text().splitlines()
+    rows = [line.split(" | ")[:3] for line in ablation if line.startswith("| ") and not line.startswith("| Method")]
+    assert rows == [
+        ["| CLIP4Clip-meanP (baseline)", "2", "30.5 ± 0.7"], ["| + random masks", "–", "not run"],
+        ["| + attention masks", "–", "not run"], ["| + ISC (both views)", "–", "not run"],
+        ["| + ISC emphasis shift", "–", "not run"], ["| MASCOT (meanP)", "1", "50.0"],
+    ]
+    assert "not run" in (out / "ablation.tex").read_text()
+    csv = pd.read_csv(out / "ablation.csv")
+    assert list(csv["status"]) == ["measured"] * 2 + ["not run"] * 4
+    measured = csv[csv["status"] == "measured"].iloc[0]
+    assert (measured["backbone"], measured["epochs"], measured["trainable_blocks"], measured["test_captions"]) == ("mascot-tiny", 1, 2, 96)
+    assert str(measured["seed_list"]) == "0 1" and pd.isna(csv.loc[csv["status"] == "not run", "t2v_R1"]).all()
+
+
+def test_tables_of_other_datasets_survive(tmp_path, tiny_params):
+    """One tables stage per dataset, each owning only its folder: DVC deletes a stage's outputs before
+    it runs, so a run over msrvtt must not own (and delete) results/tables/synthetic."""
+    from dvc.repo import Repo
+
+    from .project_copy import copy_project, set_param
+
+    metrics = tmp_path / "metrics"
+    _write(metrics, "meanP", 0, 33.0, dataset="synthetic")
+    _write(metrics, "meanP", 0, 21.0, dataset="msrvtt")
+    out = tmp_path / "tables"
+    tables.run(_params(tiny_params), "synthetic", metrics / "synthetic", out / "synthetic")
+    before = {p.name: p.read_bytes() for p in (out / "synthetic").iterdir()}
+    tables.run(_params(tiny_params, datasets=["msrvtt"]), "msrvtt", metrics / "msrvtt", out / "msrvtt")
+    assert {p.name: p.read_bytes() for p in (out / "synthetic").iterdir()} == before
+    assert "| 21.0 |" in (out / "msrvtt" / "main.md").read_text() and "33.0" not in (out / "msrvtt" / "main.md").read_text()
+
+    repo = copy_project(tmp_path / "repo")
+    set_param(repo, "datasets", ["msrvtt"])
+    with Repo(repo) as r:
+        owned = {s.name: [o.def_path for o in s.outs] for s in r.index.stages if s.name.startswith("tables")}
+        deps = {s.name: [d.def_path for d in s.deps if d.def_path.startswith("results")] for s in r.index.stages if s.name.startswith("tables")}
+    assert owned == {"tables@msrvtt": ["results/tables/msrvtt"]} and deps == {"tables@msrvtt": ["results/metrics/msrvtt"]}

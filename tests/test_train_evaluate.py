@@ -175,3 +175,34 @@ def test_a_non_finite_loss_stops_with_a_clear_error(tmp_path, tiny_features, tin
     with pytest.raises(MascotError, match=r"loss became nan at step 0; lower train.lr"):
         train.run(tiny_params, tiny_features, "synthetic", "meanP", 0, tmp_path / "m.pt", tmp_path / "m.csv")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_without_a_terminal_training_logs_progress_device_and_the_random_weights_warning(tmp_path, tiny_features, tiny_params, caplog, monkeypatch):
+    import logging
+
+    from mascot import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # every step (the default is every 30 s)
+    cfg = tiny_params.train.model_copy(update={"clip_lr_scale": 1e-3})
+    params = tiny_params.model_copy(update={"train": cfg})
+    with caplog.at_level(logging.INFO, logger="mascot"):
+        train.run(params, tiny_features, "synthetic", "meanP", 0, tmp_path / "m.pt", tmp_path / "log.csv")
+        evaluate.run(params, tiny_features, tmp_path / "m.pt", tmp_path / "metrics.json")
+    messages = [r.getMessage() for r in caplog.records]
+    steps = [m for m in messages if m.startswith("train synthetic/meanP epoch 1: ")]
+    assert len(steps) == 4 and steps[0].startswith("train synthetic/meanP epoch 1: 1/4 step (25%)") and "loss " in steps[0]
+    assert any(m.startswith("train synthetic/meanP seed 0 on cpu (") and m.endswith("fp32") for m in messages)
+    assert any(m.startswith("evaluate ") and " on cpu (" in m for m in messages)
+    assert any(m.startswith("embedding the test videos: 6/6 video") for m in messages)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("mascot")]
+    assert "clip.pretrained is null" in warning.getMessage() and "train.clip_lr_scale: 1.0" in warning.getMessage()
+
+
+@pytest.mark.parametrize(("pretrained", "scale", "warns"), [(None, 1e-3, True), (None, 1.0, False), ("openai", 1e-3, False)])
+def test_random_weights_warning_only_when_they_would_barely_train(tiny_params, caplog, pretrained, scale, warns):
+    params = tiny_params.model_copy(update={
+        "clip": tiny_params.clip.model_copy(update={"pretrained": pretrained}),
+        "train": tiny_params.train.model_copy(update={"clip_lr_scale": scale}),
+    })
+    train.warn_random_weights_at_low_lr(params)
+    assert any("clip.pretrained is null" in r.getMessage() for r in caplog.records) == warns

@@ -23,7 +23,10 @@ def _download(args, params):
     dataset = get_dataset(args.dataset, params.dataset(args.dataset))
     cache = args.cache or args.out.parent / ".downloads"
     with atomic_dir(args.out) as tmp:
-        dataset.download(tmp, cache)
+        try:
+            dataset.download(tmp, cache)
+        except MascotError as exc:  # the temporary folder is gone once the error is read: name the final one
+            raise type(exc)(str(exc).replace(str(tmp), str(args.out))) from None
 
 
 def _annotations(args, params):
@@ -64,17 +67,25 @@ def _evaluate(args, params):
 def _tables(args, params):
     from . import tables
 
-    tables.run(params, args.metrics, args.out, args.published)
+    tables.run(params, args.dataset, args.metrics, args.out, args.published)
 
 
 def _preset(args, params):
+    import subprocess
+
     from . import presets
 
     if args.list or not args.name:
         print("\n".join(presets.names()))
     elif args.apply:
         presets.apply_in_place(args.params, args.name)
-        logging.getLogger("mascot").info("preset %s applied to %s", args.name, args.params)
+        print(presets.next_steps(args.name, args.params))
+    elif args.exp_run is not None:
+        command = presets.exp_run_command(args.name, args.exp_run)
+        logging.getLogger("mascot").info("running: %s", " ".join(command))
+        returncode = subprocess.run(command).returncode
+        if returncode:
+            raise MascotError(f"`dvc exp run` failed (exit status {returncode}); its output above says why.")
     else:
         print(" ".join(presets.exp_run_args(args.name)))
 
@@ -128,19 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="checkpoint from the train stage")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
 
-    p = stage("tables", _tables, "Markdown, CSV and LaTeX tables from all metrics files.")
-    p.add_argument("--metrics", type=Path, required=True, help="folder of metrics JSON files")
-    p.add_argument("--out", type=Path, required=True, help="tables folder to create")
+    p = stage("tables", _tables, "Markdown, CSV and LaTeX tables of one dataset from its metrics files.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--metrics", type=Path, required=True, help="folder of the dataset's metrics JSON files")
+    p.add_argument("--out", type=Path, required=True, help="the dataset's tables folder to create")
     p.add_argument("--published", type=Path, default=None, help="reference file of published results (references/published.yaml)")
 
     p = stage(
         "preset",
         _preset,
-        "Paper presets (presets/presets.yaml): print one as `dvc exp run` -S overrides, or --apply it to params.yaml.",
+        "Paper presets (presets/presets.yaml): --apply one to params.yaml, run it as an experiment "
+        "(--exp-run [dvc exp run arguments]), or print its `dvc exp run` -S overrides.",
     )
     p.add_argument("name", nargs="?", help="<dataset>-<backbone>, e.g. msrvtt-vit-b-32 (none: list them)")
     p.add_argument("--list", action="store_true", help="list the presets")
     p.add_argument("--apply", action="store_true", help="write the preset into the --params file, keeping its comments")
+    p.add_argument(
+        "--exp-run", nargs=argparse.REMAINDER, metavar="DVC_ARGS", default=None,
+        help="run `dvc exp run` with the preset's -S overrides followed by DVC_ARGS, every argument after --exp-run "
+        "(e.g. --temp -S clip.pretrained=null): a -S given here wins over the preset's (last one last, README)",
+    )
     return parser
 
 

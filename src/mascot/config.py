@@ -9,7 +9,7 @@ without touching this file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -43,7 +43,10 @@ class ClipConfig(Section):
 class FramesConfig(Section):
     num_frames: int = Field(12, ge=1, description="frames sampled uniformly over [start, end] of each video")
     shard_size: int = Field(512, ge=1, description="videos per memory-mappable shard (the unit of work and of resumption)")
-    workers: int = Field(1, ge=1, description="parallel decoding processes (one shard each)")
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="parallel decoding processes (one shard each); auto: one per available core (at most one per "
+        "shard); a number above the available cores is capped at them"
+    )
     decoder: Literal["auto", "pyav"] = Field(
         "auto",
         description="auto: decord's random access, sequential PyAV where decord fails; pyav: sequential PyAV only "

@@ -31,3 +31,11 @@ def autocast(device: torch.device, precision: str):
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling, needed for fp16 only (disabled, a pass-through, otherwise)."""
     return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
+
+
+def describe(device: torch.device, precision: str = "fp32") -> str:
+    """Where and in which precision a stage computes, for its first log line."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"{device} ({name}), {'fp32' if precision == 'fp32' else precision + ' autocast'}"
+    return f"cpu ({torch.get_num_threads()} threads), fp32"

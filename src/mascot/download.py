@@ -13,6 +13,7 @@ import http.client
 import logging
 import os
 import shutil
+import socket
 import tarfile
 import time
 import urllib.error
@@ -67,17 +68,34 @@ class Checksum:
         return f"{self.algorithm}:{self.digest}"
 
 
-def verify(path: Path, checksum: str | None, what: str, name: str | None = None) -> None:
-    """Raise DownloadError when `path` does not have `checksum` (None: nothing to check)."""
+def set_key_hint(key: str, value: str) -> str:
+    """How to set the dotted params key `key`: a `dvc exp run -S` argument and the params.yaml form."""
+    *parents, leaf = key.split(".")
+    nested = f"{leaf}: {value}"
+    for part in reversed(parents[2:]):  # below data.<dataset>
+        nested = f"{part}: {{{nested}}}"
+    return f"`dvc exp run -S '++{key}={value}'`, or in params.yaml under `{'.'.join(parents[:2])}:` add `{nested}`"
+
+
+def verify(path: Path, checksum: str | None, what: str, name: str | None = None, key: str | None = None, fix: str | None = None) -> None:
+    """Raise DownloadError when `path` does not have `checksum` (None: nothing to check).
+
+    `key` is the params key that holds the checksum (named in the message); `fix` replaces the
+    default advice (re-download, or trust the new file).
+    """
     if checksum is None:
         return
     expected = Checksum.parse(checksum)
     got = expected.of(path)
     if got != expected.digest:
+        if fix is None:
+            trust = f"set its checksum to null: {set_key_hint(key, 'null')}" if key else "set its checksum (or null) in params.yaml"
+            fix = (
+                "The file is corrupt or the upstream file changed; it was not used. Rerun the stage to download it "
+                f"again, or, if you trust the new file, {trust}."
+            )
         raise DownloadError(
-            f"{what}: checksum mismatch for {name or path.name}: expected {expected}, got {expected.algorithm}:{got}. "
-            "The file is corrupt or the upstream file changed; it was not used. Re-download it, or, if you "
-            "trust the new file, set its checksum (or null) in params.yaml."
+            f"{what}: checksum mismatch for {name or path.name}: expected {expected}, got {expected.algorithm}:{got}. {fix}"
         )
 
 
@@ -128,12 +146,14 @@ def fetch(
     timeout: float = 60.0,
     progress: bool = True,
     what: str | None = None,
+    key: str | None = None,
 ) -> Path:
     """Download `url` to `dest` (resuming `dest`.part), verify it, and move it into place.
 
     An existing `dest` that verifies is reused. Transient failures (connection errors, timeouts,
-    5xx, 429, short reads) are retried `retries` times with exponential backoff; a checksum mismatch
-    deletes the partial file and raises.
+    5xx, 429, short reads) are retried `retries` times with exponential backoff; a host name that
+    does not resolve is not transient and fails at once; a checksum mismatch deletes the partial
+    file and raises (`key`: the params key of the checksum, for the message).
     """
     dest = Path(dest)
     what = what or url
@@ -158,23 +178,34 @@ def fetch(
                 ) from None
             reason = f"HTTP {exc.code}"
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            cause = getattr(exc, "reason", exc)
+            if isinstance(cause, socket.gaierror):
+                raise DownloadError(
+                    f"{what}: the host of {url} cannot be resolved ({cause.strerror or cause}): this machine is offline "
+                    "or the host name is wrong, which retrying does not fix. Connect to the network (or fix the URL in "
+                    f"params.yaml) and rerun the stage ({_kept(part)}), or place the file by hand under the dataset's source_dir."
+                ) from None
             if attempt == retries:
                 raise DownloadError(
-                    f"{what}: {url} failed after {retries + 1} attempts ({exc}). Check the network and rerun "
-                    f"the stage: the {part.stat().st_size if part.exists() else 0} bytes already fetched are kept "
-                    f"in {part} and the download resumes from there."
+                    f"{what}: {url} failed after {retries + 1} attempts ({exc}). Check the network and rerun the stage "
+                    f"({_kept(part)})."
                 ) from None
             reason = str(exc) or type(exc).__name__
         delay = backoff * 2**attempt
         log.warning("%s: attempt %d failed (%s); retrying in %.1f s", what, attempt + 1, reason, delay)
         time.sleep(delay)
     try:
-        verify(part, checksum, what, dest.name)
+        verify(part, checksum, what, dest.name, key=key)
     except DownloadError:
         part.unlink()
         raise
     os.replace(part, dest)
     return dest
+
+
+def _kept(part: Path) -> str:
+    size = part.stat().st_size if part.exists() else 0
+    return f"the {size} bytes already fetched are kept in {part} and the download resumes from there" if size else "nothing was fetched yet"
 
 
 def _unsafe_reason(name: str, is_link: bool, is_special: bool) -> str | None:
@@ -244,6 +275,25 @@ def safe_extract(archive: Path, target: Path, root: str = "") -> None:
             os.replace(item, target / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def copy_file(src: Path, dest: Path) -> None:
+    """Copy `src` to `dest` as a file of its own: a reflink where the filesystem shares blocks
+    (btrfs, XFS: no space used), else a plain copy. Unlike a hard link, later changes to one of the
+    two (DVC making its cache read-only, an edit) never reach the other."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        dest.unlink()
+    try:
+        import fcntl
+
+        with open(src, "rb") as s, open(dest, "wb") as d:
+            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+    except (OSError, ImportError):
+        shutil.copyfile(src, dest)
+
+
+FICLONE = 0x40049409  # Linux ioctl: share the blocks of another file (a reflink)
 
 
 def link_or_copy(src: Path, dest: Path) -> None:

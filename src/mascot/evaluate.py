@@ -11,11 +11,12 @@ import torch
 from .atomic import atomic_file, write_json
 from .clip_model import create_clip
 from .config import ClipConfig, EvaluateConfig, Params, VariantConfig
-from .devices import select_device
+from .devices import describe, select_device
 from .errors import MascotError
 from .features import FeatureStore
 from .metrics import embedding_metrics
 from .model import RetrievalModel
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,12 @@ def embed_split(model: RetrievalModel, store: FeatureStore, split: str, batch_si
     videos, captions = store.videos(split), store.caption_rows(split)
     if len(videos) == 0 or len(captions) == 0:
         raise MascotError(f"{store.root}: the `{split}` split has no videos or no captions to evaluate.")
-    video_emb = torch.cat(
-        [model.encode_video(*(t.to(device) for t in store.video_batch(videos[i : i + batch_size]))).cpu() for i in range(0, len(videos), batch_size)]
-    )
+    video_emb = []
+    with Progress(len(videos), f"embedding the {split} videos", "video") as bar:
+        for i in range(0, len(videos), batch_size):
+            video_emb.append(model.encode_video(*(t.to(device) for t in store.video_batch(videos[i : i + batch_size]))).cpu())
+            bar.update(len(videos[i : i + batch_size]))
+    video_emb = torch.cat(video_emb)
     text_emb = torch.cat(
         [model.encode_text(store.text_batch(captions[i : i + batch_size]).to(device)).cpu() for i in range(0, len(captions), batch_size)]
     )
@@ -70,7 +74,9 @@ def load_checkpoint(path: Path) -> tuple[RetrievalModel, dict]:
 def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None:
     store = FeatureStore.open(features_dir)
     model, meta = load_checkpoint(checkpoint)
-    model.to(select_device())
+    device = select_device()
+    log.info("evaluate %s on %s", checkpoint, describe(device))
+    model.to(device)
     result = evaluate_split(model, store, "test", params.evaluate, dsl=True)
     result.update(
         {k: meta[k] for k in ("dataset", "variant_name", "seed", "best_epoch")}

@@ -30,6 +30,7 @@ from .clip_model import VisionPrefix, check_split, create_clip, normalization, t
 from .config import Params
 from .errors import MascotError
 from .frames import open_frames
+from .storage import allocated_memmap, check_free, disk_full_is_an_error
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ def encode_frames(prefix: VisionPrefix, frames: np.ndarray, mean, std, batch_siz
         x = torch.from_numpy(np.array(frames[i : i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
         out.append(prefix((x - mean_t) / std_t).to(torch.float16).numpy())
     return np.concatenate(out) if out else np.zeros((0,), np.float16)
+
+
+def _check_space(out: Path, shards: dict[str, np.ndarray], tokens_per_frame: tuple[int, ...]) -> None:
+    """Fail before writing when the fp16 vision caches cannot fit beside `out`."""
+    frames = sum(int(np.prod(f.shape[:2])) for f in shards.values())
+    check_free(Path(out).parent, frames * int(np.prod(tokens_per_frame)) * 2, "The features stage")
 
 
 def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> None:
@@ -66,14 +73,13 @@ def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> 
     )
     tokenize = tokenizer(clip_cfg.model, params.features.max_words)
 
-    with atomic_dir(out) as tmp:
+    _check_space(out, shards, tuple(tokens_per_frame))
+    with disk_full_is_an_error(Path(out).parent, "features"), atomic_dir(out) as tmp:
         feature_index = index.assign(shard=index["shard"].map(lambda s: f"vision-{s}"))
         progress = tqdm(total=int(index["num_valid"].sum()), desc="features", unit="frame", disable=None)
         for name, frames in shards.items():
             rows = index[index["shard"] == name]
-            cache = np.lib.format.open_memmap(
-                tmp / f"vision-{name}", mode="w+", dtype=np.float16, shape=(frames.shape[0], frames.shape[1], *tokens_per_frame)
-            )
+            cache = allocated_memmap(tmp / f"vision-{name}", np.float16, (frames.shape[0], frames.shape[1], *tokens_per_frame))
             for row, valid in zip(rows["row"], rows["num_valid"]):
                 cache[row, :valid] = encode_frames(prefix, frames[row, :valid], mean, std, params.features.batch_size)
                 progress.update(valid)

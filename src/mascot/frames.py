@@ -21,20 +21,22 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .annotations import SPLITS, read_table, segment_bounds
 from .atomic import atomic_file, replace_dir, write_json
 from .clip_model import image_size
 from .config import Params
 from .errors import MascotError
-from .video import VideoReadError, read_clip
+from .progress import Progress
+from .storage import allocated_memmap, check_free, disk_full_is_an_error
+from .video import VideoReadError, decoder_messages, read_clip
 
 log = logging.getLogger(__name__)
 INDEX = "index.parquet"
@@ -115,15 +117,18 @@ def decode_shard(job: tuple[Shard, str, str, int, int, str]) -> str:
     """Decode one shard into `work`: the .npy first, then its record (the record marks it done)."""
     shard, video_root, work, num_frames, size, decoder = job
     video_root, work = Path(video_root), Path(work)
-    index, failures, repairs = [], [], []
-    with atomic_file(work / shard.name) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(shard.videos), num_frames, size, size, 3))
+    index, failures, repairs, messages = [], [], [], []
+    with atomic_file(work / shard.name) as tmp, decoder_messages() as said:
+        array = allocated_memmap(tmp, np.uint8, (len(shard.videos), num_frames, size, size, 3))
         for row, (video_id, video_path, start, end) in enumerate(shard.videos):
             try:
                 clip = read_clip(video_root / video_path, *segment_bounds(start, end), num_frames, size, decoder=decoder)
             except VideoReadError as exc:
                 failures.append({"video_id": video_id, "video_path": video_path, "error": str(exc)})
                 continue
+            finally:
+                if text := said():
+                    messages.append({"video_id": video_id, "video_path": video_path, "text": text})
             array[row] = clip.frames
             index.append([video_id, shard.split, shard.name, row, clip.num_valid, clip.decoder, len(clip.substituted)])
             if (decoder == "auto" and clip.decoder != "decord") or clip.substituted:  # fell back, or lost frames
@@ -131,7 +136,10 @@ def decode_shard(job: tuple[Shard, str, str, int, int, str]) -> str:
                                 "substituted": [list(s) for s in clip.substituted]})
         array.flush()
         del array
-    write_json(_record_path(work, shard), {"fingerprint": shard.fingerprint, "index": index, "failures": failures, "repairs": repairs})
+    write_json(
+        _record_path(work, shard),
+        {"fingerprint": shard.fingerprint, "index": index, "failures": failures, "repairs": repairs, "messages": messages},
+    )
     return shard.name
 
 
@@ -156,7 +164,7 @@ def run_shards(
     jobs = [(s, str(video_root), str(work), num_frames, size, decoder) for s in todo]
     sizes = {s.name: len(s.videos) for s in todo}
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    progress = tqdm(total=total, initial=total - sum(sizes.values()), desc="frames", unit="video", disable=None)
+    progress = Progress(total, "frames", "video", initial=total - sum(sizes.values()))
     pool = None
     try:
         if workers <= 1:
@@ -190,6 +198,27 @@ def failure_message(failures: list[dict], total: int, threshold: float, manifest
     )
 
 
+def resolve_workers(setting: int | str, shards: int) -> int:
+    """Processes for `frames.workers`: `auto` is one per core this process may use, at most one per
+    shard; an explicit number is capped at the cores (more only compete for them)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if setting == "auto":
+        return max(1, min(cores, shards))
+    if setting > cores:
+        log.warning("frames.workers = %d, but this process may use %d cores: decoding with %d workers", setting, cores, cores)
+    return max(1, min(setting, cores, shards))
+
+
+def log_decoder_messages(messages: list[dict], limit: int = 20) -> None:
+    """FFmpeg's own messages, each with the video it was decoding."""
+    for m in messages[:limit]:
+        lines = m["text"].splitlines()
+        more = f" (and {len(lines) - 5} more lines)" if len(lines) > 5 else ""
+        log.warning("%s (%s): the decoder said: %s%s", m["video_id"], m["video_path"], " | ".join(lines[:5]), more)
+    if len(messages) > limit:
+        log.warning("... and decoder messages for %d more videos", len(messages) - limit)
+
+
 def work_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
@@ -209,9 +238,14 @@ def run(params: Params, annotations_path: Path, video_root: Path, out: Path) -> 
     todo = [s for s in shards if not _is_done(work, s)]
     if len(todo) < len(shards):
         log.info("frames: resuming, %d of %d shards already decoded in %s", len(shards) - len(todo), len(shards), work)
-    run_shards(todo, video_root, work, cfg.num_frames, size, cfg.workers, len(videos), cfg.decoder)
+    check_free(work, sum(len(s.videos) for s in todo) * cfg.num_frames * size * size * 3, "The frames stage")
+    workers = resolve_workers(cfg.workers, len(todo))
+    log.info("frames: decoding %d videos on the CPU, %d worker process(es), uint8 frames", sum(len(s.videos) for s in todo), workers)
+    with disk_full_is_an_error(work, "frames"):
+        run_shards(todo, video_root, work, cfg.num_frames, size, workers, len(videos), cfg.decoder)
 
     records = [json.loads(_record_path(work, s).read_text()) for s in shards]
+    log_decoder_messages([m for r in records for m in r.get("messages", [])])
     index = pd.DataFrame([row for r in records for row in r["index"]], columns=INDEX_COLUMNS)
     failures = [f for r in records for f in r["failures"]]
     repairs = [f for r in records for f in r["repairs"]]

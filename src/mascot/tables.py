@@ -1,13 +1,17 @@
-"""The tables stage: per dataset, one table per entry of `tables:` in params.yaml (main, ablation,
-sweeps), from every metrics JSON of the current runs.
+"""The tables stage, one per dataset: one table per entry of `tables:` in params.yaml (main,
+ablation, sweeps), from the metrics JSON files of the dataset's current runs.
 
 Rows are variants, columns both directions' R@1/R@5/R@10/MdR/MnR; each cell is the mean over seeds,
-with ± the sample standard deviation when there are several. Measured numbers are read from the
-evaluate stage's metrics files; DSL post-processed rows follow under their own separator (never
-mixed with plain ones); the main table of a real dataset also shows published rows from the
-reference file (references/published.yaml), below another separator and with their sources.
+with ± the sample standard deviation when there are several. A variant of a table that was not run
+is a "not run" row, never left out. Every table states the settings of its measured rows (backbone,
+weights, epochs, K, test size, seeds): a line in Markdown, a comment in LaTeX, columns in CSV.
+Measured numbers are read from the evaluate stage's metrics files; DSL post-processed rows follow
+under their own separator (never mixed with plain ones); the main table of a real dataset also
+shows published rows from the reference file (references/published.yaml), below another separator
+and with their sources.
 
-Layout: results/tables/<dataset>/<table>.{md,csv,tex}
+Layout: results/tables/<dataset>/<table>.{md,csv,tex}, one folder per dataset and stage, so that a
+run over some datasets leaves the tables of the others alone.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ SHORT = {"t2v": "T→V", "v2t": "V→T"}
 VALUE_COLUMNS = [f"{d}_{m}" for d in DIRECTIONS for m in METRICS]
 MAIN_TABLE = "main"  # the table that also shows published rows
 NOT_TRANSCRIBED = "not yet transcribed"
+NOT_RUN = "not run"
 POST_HEADING = "Post-processed: DSL (dual softmax over all test queries), not comparable to the rows above"
 PUBLISHED_HEADING = "Published (not measured here)"
 
@@ -41,7 +46,8 @@ def collect(metrics_dir: Path) -> pd.DataFrame:
     for path in sorted(Path(metrics_dir).rglob("*.json")):
         data = json.loads(path.read_text())
         try:
-            run = {"dataset": data["dataset"], "variant": data["variant_name"], "seed": data["seed"], "test_videos": data["num_videos"]}
+            run = {"dataset": data["dataset"], "variant": data["variant_name"], "seed": data["seed"],
+                   "test_videos": data["num_videos"], "test_captions": data["num_captions"]}
             for post, values in (("none", data), ("dsl", data.get("dsl"))):
                 if values is not None:
                     rows.append(run | {"post": post} | {f"{d}_{m}": float(values[d][m]) for d in DIRECTIONS for m in METRICS})
@@ -65,6 +71,7 @@ def aggregate(runs: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:
     table = grouped[VALUE_COLUMNS].mean().join(grouped[VALUE_COLUMNS].std(ddof=1).add_suffix("_std"))
     table["seeds"] = grouped.size()
     table["test_videos"] = grouped["test_videos"].first()
+    table["test_captions"] = grouped["test_captions"].first()
     order = {v: i for i, v in enumerate(variant_order)}
     table = table.reset_index()
     table["_o"] = table["variant"].map(lambda v: order.get(v, len(order)))
@@ -74,6 +81,37 @@ def aggregate(runs: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:
 
 def _cell(mean: float, std: float, seeds: int) -> str:
     return f"{mean:.1f}" if seeds < 2 or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def settings(params: Params, runs: pd.DataFrame) -> dict[str, str]:
+    """The settings the measured rows were run with: the run's params and, from the metrics
+    files, the test split's size and the seeds."""
+    def values(column: str) -> str:
+        return " or ".join(f"{int(v):,}" for v in sorted(runs[column].unique()))
+
+    return {
+        "backbone": params.clip.model,
+        "pretrained": params.clip.pretrained or "none (random weights)",
+        "epochs": str(params.train.epochs),
+        "trainable_blocks": str(params.train.trainable_blocks),
+        "test_videos": values("test_videos"),
+        "test_captions": values("test_captions"),
+        "seed_list": " ".join(str(s) for s in sorted(runs["seed"].unique())),
+    }
+
+
+def settings_line(s: dict[str, str] | None) -> str:
+    if s is None:
+        return "No row of this table was run."
+    return (
+        f"Settings of the measured rows: backbone {s['backbone']}, pretrained weights {s['pretrained']}, {s['epochs']} epochs "
+        f"(checkpoint selected on val), K = {s['trainable_blocks']} trained vision blocks, test split {s['test_videos']} videos / "
+        f"{s['test_captions']} captions, seeds {s['seed_list'].replace(' ', ', ')}."
+    )
+
+
+def not_run_row(label: str) -> list[str]:
+    return [label, "–"] + [NOT_RUN] * len(VALUE_COLUMNS)
 
 
 def measured_rows(table: pd.DataFrame, labels: dict[str, str]) -> tuple[list[list[str]], list[list[str]]]:
@@ -106,7 +144,7 @@ def published_rows(rows: list[PublishedRow]) -> tuple[list[list[str]], list[str]
     return out, [f"[{i}] {s}" for i, s in enumerate(sources, 1)]
 
 
-def to_markdown(title: str, sections: dict[str, list[list[str]]], notes: list[str], test_videos: int) -> str:
+def to_markdown(title: str, sections: dict[str, list[list[str]]], notes: list[str], setting: str) -> str:
     """A GitHub table with one header row (Markdown has no column groups); post-processed and
     published rows follow, each under its own separator row."""
     header = ["Method", "Seeds"] + [f"{SHORT[d]} {m}" for d in DIRECTIONS for m in METRICS]
@@ -116,15 +154,15 @@ def to_markdown(title: str, sections: dict[str, list[list[str]]], notes: list[st
             lines.append(f"| **{heading}** |" + " |" * (len(header) - 1))
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     intro = (
-        f"Measured rows: this pipeline on the test split ({test_videos} videos); R@k in %, MdR/MnR ranks "
+        "Measured rows: this pipeline on the test split; R@k in %, MdR/MnR ranks "
         "(lower is better); mean ± std over seeds. The first rows have no post-processing; DSL rows "
         "re-weight each score by a softmax over all test queries and are listed apart."
     )
     footer = ("\n\nPublished rows are read from references/published.yaml, not measured here:\n\n" + "\n".join(f"- {n}" for n in notes)) if notes else ""
-    return f"# {title}\n\n{intro}\n\n" + "\n".join(lines) + footer + "\n"
+    return f"# {title}\n\n{intro}\n\n{setting}\n\n" + "\n".join(lines) + footer + "\n"
 
 
-def to_latex(sections: dict[str, list[list[str]]], notes: list[str]) -> str:
+def to_latex(sections: dict[str, list[list[str]]], notes: list[str], setting: str) -> str:
     columns = pd.MultiIndex.from_tuples([("", "Method"), ("", "Seeds")] + [(DIRECTIONS[d], m) for d in DIRECTIONS for m in METRICS])
     first, *rest = sections.items()
     body = pd.DataFrame(first[1], columns=columns).to_latex(index=False, escape=True, column_format="ll" + "r" * len(VALUE_COLUMNS), multicolumn_format="c")
@@ -135,31 +173,32 @@ def to_latex(sections: dict[str, list[list[str]]], notes: list[str]) -> str:
         body_rows = extra.split(r"\midrule")[-1].split(r"\bottomrule")[0]
         rule = r"\midrule" + "\n" + rf"\multicolumn{{{len(columns)}}}{{l}}{{\emph{{{heading}}}}} \\" + "\n"
         body = body.replace(r"\bottomrule", rule + body_rows.strip("\n") + "\n" + r"\bottomrule")
-    body += "".join(f"% {n}\n" for n in notes)
+    body = f"% {setting}\n" + body + "".join(f"% {n}\n" for n in notes)
     return body.replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
 
 
-def run(params: Params, metrics_dir: Path, out: Path, published_path: Path | None = None) -> None:
+def run(params: Params, dataset: str, metrics_dir: Path, out: Path, published_path: Path | None = None) -> None:
+    """Write the tables of `dataset` (from the metrics files under `metrics_dir`) into the folder `out`."""
     runs = current_runs(collect(metrics_dir), params)
+    runs = runs[runs["dataset"] == dataset] if not runs.empty else runs
     if runs.empty:
-        raise MascotError(f"{metrics_dir}: no metrics files of the configured runs found; run the evaluate stage first.")
+        raise MascotError(f"{metrics_dir}: no metrics files of the configured runs of {dataset} found; run the evaluate stage first.")
     published = load_published(published_path) if published_path else {}
     labels = {name: v.label or name for name, v in params.variant_defs.items()}
-    written = 0
     with atomic_dir(out) as tmp:
-        for dataset, dataset_runs in runs.groupby("dataset", sort=True):
-            for name, variants in params.tables.items():
-                part = aggregate(dataset_runs[dataset_runs["variant"].isin(variants)], variants)
-                if part.empty:
-                    continue
-                plain, post = measured_rows(part, labels)
-                extra, notes = published_rows(published.get(dataset, [])) if name == MAIN_TABLE else ([], [])
-                sections = {"": plain, POST_HEADING: post, PUBLISHED_HEADING: extra}
-                folder = tmp / dataset
-                folder.mkdir(exist_ok=True)
-                videos = int(part["test_videos"].max())
-                (folder / f"{name}.md").write_text(to_markdown(f"{dataset}: {name}", sections, notes, videos))
-                part.drop(columns="dataset").to_csv(folder / f"{name}.csv", index=False, float_format="%.4f")
-                (folder / f"{name}.tex").write_text(to_latex(sections, notes))
-                written += 1
-    log.info("tables: %d tables for %d datasets → %s", written, runs["dataset"].nunique(), out)
+        for name, variants in params.tables.items():
+            measured = runs[runs["variant"].isin(variants)]
+            part = aggregate(measured, variants) if not measured.empty else pd.DataFrame(columns=["variant", "post"])
+            plain, post = measured_rows(part, labels) if not measured.empty else ([], [])
+            ran = list(part.loc[part["post"] == "none", "variant"])
+            rows = iter(plain)
+            plain = [next(rows) if v in ran else not_run_row(labels.get(v, v)) for v in variants]
+            extra, notes = published_rows(published.get(dataset, [])) if name == MAIN_TABLE else ([], [])
+            sections = {"": plain, POST_HEADING: post, PUBLISHED_HEADING: extra}
+            setting = settings(params, measured) if not measured.empty else None
+            (tmp / f"{name}.md").write_text(to_markdown(f"{dataset}: {name}", sections, notes, settings_line(setting)))
+            (tmp / f"{name}.tex").write_text(to_latex(sections, notes, settings_line(setting)))
+            missing = pd.DataFrame({"post": "none", "variant": [v for v in variants if v not in ran], "seeds": 0, "status": NOT_RUN})
+            measured_csv = part.drop(columns="dataset", errors="ignore").assign(status="measured", **(setting or {}))
+            pd.concat([measured_csv, missing], ignore_index=True).to_csv(tmp / f"{name}.csv", index=False, float_format="%.4f")
+    log.info("tables: %d tables for %s → %s", len(params.tables), dataset, out)

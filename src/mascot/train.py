@@ -16,17 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import distributed, resume
 from .clip_model import check_split, create_clip
 from .config import Params, TrainConfig
-from .devices import autocast, grad_scaler, select_device
+from .devices import autocast, describe, grad_scaler, select_device
 from .errors import MascotError
 from .evaluate import evaluate_split, save_checkpoint
 from .features import FeatureStore
 from .model import RetrievalModel
 from .objective import Objective
+from .progress import Progress
 from .train_log import EPOCH_FIELDS, STEP_FIELDS, TERMS, curve_path, plot_curves, steps_path, write_csv
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,20 @@ def selection_score(metrics: dict, name: str) -> float:
     return sum(metrics[d][k] for d in ("t2v", "v2t") for k in ("R1", "R5", "R10"))
 
 
+def warn_random_weights_at_low_lr(params: Params) -> None:
+    """Random CLIP weights trained at a fraction of the lr (the paper recipe's clip_lr_scale, meant
+    for pretrained weights) stay nearly random: every variant then measures the same."""
+    cfg = params.train
+    if params.clip.pretrained is None and cfg.clip_lr_scale < 1:
+        log.warning(
+            "clip.pretrained is null (random CLIP weights) but train.clip_lr_scale = %g trains them at lr %g, the "
+            "setting meant for pretrained weights: the random tower barely moves, so the variants measure alike (meanP "
+            "and MASCOT gave identical test metrics in such a run) and the numbers say nothing about the method. Set "
+            "clip.pretrained (e.g. openai; needs the network once) or, to train from scratch, train.clip_lr_scale: 1.0.",
+            cfg.clip_lr_scale, cfg.lr * cfg.clip_lr_scale,
+        )
+
+
 def run(
     params: Params,
     features_dir: Path,
@@ -110,6 +124,8 @@ def run(
 
     rank, processes = distributed.init_from_env()
     device = select_device(cfg.device)
+    log.info("train %s/%s seed %d on %s", dataset, variant_name, seed, describe(device, cfg.precision))
+    warn_random_weights_at_low_lr(params)
     seed_everything(seed)
     model = RetrievalModel(create_clip(params.clip), cfg.trainable_blocks, variant, store.meta["num_frames"], cfg.logit_scale_max)
     objective = Objective(model, variant).to(device).train()
@@ -152,8 +168,8 @@ def run(
         if progress["order"] is None:
             progress["order"], progress["sums"], progress["next_step"] = torch.from_numpy(generator.permutation(train_rows)), {}, 0
         order = progress["order"].numpy()
-        bar = tqdm(range(progress["next_step"], steps_per_epoch), desc=f"train {dataset}/{variant_name} epoch {epoch}", unit="step", disable=None)
-        for i in bar:
+        bar = Progress(steps_per_epoch, f"train {dataset}/{variant_name} epoch {epoch}", "step", initial=progress["next_step"])
+        for i in range(progress["next_step"], steps_per_epoch):
             rows = distributed.shard(order[i * batch : (i + 1) * batch], rank, processes)
             tokens, mask = store.video_batch(caption_video[rows])
             with autocast(device, cfg.precision):
@@ -178,10 +194,10 @@ def run(
                 {"step": progress["step"], "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
                 | {name: round(values[name], 6) if name in values else "" for name in ("loss", *TERMS)}
             )
-            if not bar.disable:
-                bar.set_postfix(loss=f"{values['loss']:.3f}", videos_per_s=f"{batch * (bar.format_dict.get('rate') or 0.0):.1f}")
+            bar.update(1, loss=f"{values['loss']:.3f}")
             if cfg.checkpoint_every and progress["step"] % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
                 save()
+        bar.close()
         val = evaluate_split(model, store, "val", params.evaluate)  # no DSL: selection on plain scores
         score = selection_score(val, cfg.selection_metric)
         progress["log_rows"].append(

@@ -13,7 +13,12 @@ rotation (decord 0.6.0 applies it too; tests hold both routes to FFmpeg's own ro
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,3 +202,30 @@ def read_clip(path: str | Path, start: float | None, end: float | None, num_fram
         raise VideoReadError("; ".join(filter(None, [first, f"PyAV: {exc}"]))) from None
     except Exception as exc:  # PyAV raises av.FFmpegError subclasses and friends
         raise VideoReadError("; ".join(filter(None, [first, f"PyAV: {_reason(exc)}"]))) from None
+
+
+@contextlib.contextmanager
+def decoder_messages() -> Iterator[Callable[[], str]]:
+    """Capture what this process writes to its stderr (FFmpeg inside decord and PyAV writes there
+    directly, naming no file); yield a function that returns the text written since its last call,
+    so that each message can be attributed to the video being decoded."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buffer:
+        os.dup2(buffer.fileno(), 2)
+        read = 0
+
+        def since_last() -> str:
+            nonlocal read
+            sys.stderr.flush()
+            end = os.fstat(buffer.fileno()).st_size
+            data = os.pread(buffer.fileno(), end - read, read) if end > read else b""
+            read = end
+            return data.decode(errors="replace").strip()
+
+        try:
+            yield since_last
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -29,8 +29,8 @@ class ActivityNetConfig(CarvedValConfig, ParagraphConfig):
             "url": "http://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip",
             "archive": True,
             "members": {
-                "train.json": "gitblob:a9397f6e503c25d9bbe4908df55ed0cacbf6b0b5",
-                "val_1.json": "gitblob:71006d3f4fbadf8221d0713511d0469391604430",
+                "train": {"file": "train.json", "checksum": "gitblob:a9397f6e503c25d9bbe4908df55ed0cacbf6b0b5"},
+                "val_1": {"file": "val_1.json", "checksum": "gitblob:71006d3f4fbadf8221d0713511d0469391604430"},
             },
         },
         "videos": {"url": None, "dest": "videos"},

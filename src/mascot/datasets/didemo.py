@@ -35,7 +35,7 @@ CHECKSUMS = {
 
 
 def _file(url: str, name: str) -> dict:
-    return {"url": url, "checksum": CHECKSUMS.get(name), "members": {name: CHECKSUMS.get(name)}}
+    return {"url": url, "checksum": CHECKSUMS.get(name), "file": name}
 
 
 class DidemoConfig(ParagraphConfig):

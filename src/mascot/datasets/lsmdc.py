@@ -27,7 +27,7 @@ COLUMNS = ["clip_id", "start_aligned", "end_aligned", "start_extracted", "end_ex
 
 class LsmdcConfig(RemoteDatasetConfig):
     DEFAULT_FILES: ClassVar[dict[str, dict]] = {
-        "annotations": {"url": None, "members": {name: None for name in SPLIT_FILES.values()}},
+        "annotations": {"url": None, "members": {split: {"file": name} for split, name in SPLIT_FILES.items()}},
         "videos": {"url": None, "dest": "videos"},
     }
 

@@ -31,10 +31,10 @@ class MsrvttConfig(CarvedValConfig):
             "archive": True,
             "root": "msrvtt_data",
             "members": {
-                "MSRVTT_data.json": None,
-                "MSRVTT_train.9k.csv": "gitblob:95b6bce7311658d5e32bbfac951aaa2877ecdbc1",
-                "MSRVTT_train.7k.csv": "gitblob:8aeb88dcbf7999dbec719421dc5fafe40a0cca25",
-                TEST_CSV: "gitblob:0ba60f72f279e4d75965de75b37e3fdd2340cc59",
+                "data_json": {"file": "MSRVTT_data.json"},
+                "train_9k": {"file": "MSRVTT_train.9k.csv", "checksum": "gitblob:95b6bce7311658d5e32bbfac951aaa2877ecdbc1"},
+                "train_7k": {"file": "MSRVTT_train.7k.csv", "checksum": "gitblob:8aeb88dcbf7999dbec719421dc5fafe40a0cca25"},
+                "test": {"file": TEST_CSV, "checksum": "gitblob:0ba60f72f279e4d75965de75b37e3fdd2340cc59"},
             },
         },
         "videos": {

@@ -7,8 +7,10 @@ placed by hand under `source_dir`:
   videos/<video_path>  the videos (`video_path` of the normalized table)
   missing_videos.txt   videos the annotations name but the folder lacks (within the threshold)
 
-Files are hard-linked from `source_dir` or from the download cache (no second copy on the same
-filesystem), so DVC versions them without duplicating terabytes.
+Files from the download cache are hard-linked (no second copy on the same filesystem). Files from
+`source_dir` are copied (reflinked where the filesystem can): DVC moves the raw folder into its cache
+and makes it read-only, which must not happen to the user's own files (`link_placed: true` links
+them instead, to save the space).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
-from ..download import DownloadError, fetch, link_or_copy, safe_extract, verify
+from ..download import DownloadError, copy_file, fetch, link_or_copy, safe_extract, set_key_hint, verify
 from ..errors import MascotError
 from . import DatasetConfig, DatasetSource
 
@@ -32,18 +34,36 @@ ANNOTATIONS = "annotations"
 MISSING = "missing_videos.txt"
 
 
+class Member(BaseModel):
+    """One file an entry provides, under a logical name (file names contain dots, which `-S` keys cannot)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    file: str = Field(description="file name in the entry's `dest` folder")
+    checksum: str | None = Field(None, description="sha256:<hex> | md5:<hex> | gitblob:<hex>, or null: not checked")
+
+
 class RemoteFile(BaseModel):
     """One file to obtain: a plain file or an archive whose folder `root` is unpacked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     url: str | None = Field(None, description="where to download it (null: it must be placed by hand)")
-    checksum: str | None = Field(None, description="sha256:<hex> | md5:<hex> | gitblob:<hex> of the downloaded file")
+    checksum: str | None = Field(
+        None, description="sha256:<hex> | md5:<hex> | gitblob:<hex> of the downloaded file (of a plain file: also of the placed one)"
+    )
     archive: bool = Field(False, description="unpack it (zip or tar) instead of keeping it")
     root: str = Field("", description="folder inside the archive whose contents are kept")
     dest: str = Field(ANNOTATIONS, description="folder of the raw layout it goes to (annotations | videos)")
-    members: dict[str, str | None] = Field(
-        default_factory=dict, description="files it provides (name → checksum or null), checked after placement"
+    file: str | None = Field(None, description="name of a plain file in `dest` (default: the last part of the URL)")
+    members: dict[str, Member] = Field(
+        default_factory=dict, description="files an archive or a hand-placed set provides: logical name → {file, checksum}"
     )
+
+    def provides(self) -> dict[str, Member]:
+        """The files this entry puts into `dest`, keyed by where their checksum is set below the entry."""
+        if self.members:
+            return {f"members.{name}.checksum": m for name, m in self.members.items()}
+        name = self.file or (self.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] if self.url and not self.archive else None)
+        return {"checksum": Member(file=name, checksum=self.checksum)} if name else {}
 
 
 def _deep_merge(default: dict, override: dict) -> dict:
@@ -64,6 +84,14 @@ class RemoteDatasetConfig(DatasetConfig):
         0.01, ge=0, le=1, description="fail when more than this fraction of the annotated videos is missing"
     )
     download_workers: int = Field(8, ge=1, description="parallel per-video downloads")
+    verify_placed: bool = Field(
+        True, description="check files placed under source_dir against the release checksums; false for a subset or a "
+        "copy of your own (downloaded files are always checked)"
+    )
+    link_placed: bool = Field(
+        False, description="hard-link files from source_dir instead of copying them: no second copy, but DVC's cache then "
+        "shares them and makes them read-only (never edit them in place)"
+    )
 
     DEFAULT_FILES: ClassVar[dict[str, dict]] = {}
 
@@ -120,30 +148,34 @@ class RemoteDataset(DatasetSource):
             self._obtain(name, spec, source, raw_dir, cache_dir)
         if source is not None and (source / "videos").is_dir():
             placed = [p for p in sorted((source / "videos").rglob("*")) if p.is_file()]
-            for path in tqdm(placed, desc=f"{self.name}: linking placed videos", unit="file", disable=None):
-                link_or_copy(path, self.video_root(raw_dir) / path.relative_to(source / "videos"))
+            for path in tqdm(placed, desc=f"{self.name}: placing videos", unit="file", disable=None):
+                self._place(path, self.video_root(raw_dir) / path.relative_to(source / "videos"))
         table = self.read_annotations(raw_dir)
         self._fetch_videos(table, raw_dir, cache_dir)
         self.check_complete(table, raw_dir)
 
+    def _place(self, src: Path, dest: Path) -> None:
+        """A file from source_dir into the raw folder (copied, or hard-linked with `link_placed`)."""
+        (link_or_copy if self.config.link_placed else copy_file)(src, dest)
+
     def _placed(self, spec: RemoteFile, source: Path | None) -> list[Path] | None:
-        """The members of `spec` under `source`, when all of them were placed by hand."""
-        if source is None or not spec.members:
+        """The files of `spec` under `source`, when all of them were placed by hand."""
+        if source is None or not spec.provides():
             return None
-        found = [source / spec.dest / m for m in spec.members]
+        found = [source / spec.dest / m.file for m in spec.provides().values()]
         return found if all(p.is_file() for p in found) else None
 
     def _obtain(self, name: str, spec: RemoteFile, source: Path | None, raw_dir: Path, cache_dir: Path) -> None:
         what = f"data.{self.name}.files.{name}"
         target = raw_dir / spec.dest
         if spec.dest == "videos" and source is not None and (source / "videos").is_dir():
-            return  # videos placed by hand are linked, not downloaded
+            return  # videos placed by hand are placed, not downloaded
         placed = self._placed(spec, source)
         if placed is not None:
             for path in placed:
-                link_or_copy(path, target / path.name)
+                self._place(path, target / path.name)
         elif spec.url is None:
-            wanted = ", ".join(spec.members) or name
+            wanted = ", ".join(m.file for m in spec.provides().values()) or name
             raise MascotError(
                 f"{what}: {wanted} has no download URL and is not under source_dir "
                 f"({source / spec.dest if source else 'data.' + self.name + '.source_dir is not set'}). "
@@ -151,19 +183,31 @@ class RemoteDataset(DatasetSource):
             )
         else:
             filename = spec.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or name
-            cached = fetch(spec.url, cache_dir / name / filename, spec.checksum, what=what)
+            cached = fetch(spec.url, cache_dir / name / filename, spec.checksum, what=what, key=f"{what}.checksum")
             if spec.archive:
                 safe_extract(cached, target, spec.root)
             else:
-                link_or_copy(cached, target / (next(iter(spec.members), None) or filename))
-        for member, checksum in spec.members.items():
-            path = target / member
+                link_or_copy(cached, target / next((m.file for m in spec.provides().values()), filename))
+        if placed is not None and not self.config.verify_placed:
+            log.info("%s: files placed by hand are not checked (data.%s.verify_placed: false)", what, self.name)
+            return
+        for suffix, member in spec.provides().items():
+            path = target / member.file
             if not path.is_file():
                 raise DownloadError(
-                    f"{what}: {member} is missing after placing {name}; the archive's layout may have changed. "
+                    f"{what}: {member.file} is missing after placing {name}; the archive's layout may have changed. "
                     f"Check `root` and `members` of {what} in params.yaml."
                 )
-            verify(path, checksum, what)
+            verify(path, member.checksum, what, key=f"{what}.{suffix}", fix=None if placed is None else self._placed_fix(f"{what}.{suffix}"))
+
+    def _placed_fix(self, key: str) -> str:
+        """What to do when a file placed by hand is not the release's."""
+        return (
+            f"The file was placed by hand under data.{self.name}.source_dir, so it need not be the released one. If it is "
+            f"meant to differ (a subset, a copy of your own), switch the check off for every placed file of {self.name}: "
+            f"{set_key_hint(f'data.{self.name}.verify_placed', 'false')}; or for this file only: {set_key_hint(key, 'null')}. "
+            "Otherwise replace it with the released file."
+        )
 
     def video_url(self, video_path: str, raw_dir: Path) -> str | None:
         """Where one video is downloaded from (None: the dataset has no per-video source)."""
