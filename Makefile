@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env repro test clean-venv
+.PHONY: env repro ablation test clean-venv
 
 env: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The default DAG (the `tables` stages and everything upstream); the ablation stages are left out.
 repro: $(STAMP)
-	$(BIN)/dvc repro
+	$(BIN)/dvc repro tables
+
+# The ablation rows and sweeps (params.yaml `ablation:`), on top of the default runs.
+ablation: $(STAMP)
+	$(BIN)/dvc repro tables_ablation
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

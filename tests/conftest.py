@@ -24,6 +24,7 @@ def tiny_params_dict() -> dict:
     raw["frames"]["shard_size"] = 10
     raw["train"].update({"epochs": 1, "batch_size": 8})
     raw["variants"], raw["seeds"] = ["meanP", "mascot"], [0]  # the base model and MASCOT, one seed
+    raw["ablation"]["variants"] = ["random_masks"]  # one ablation run, so the ablation stages run too
     return raw
 
 

@@ -96,3 +96,22 @@ def test_variants_inherit_the_shared_mascot_settings():
     assert params.variant("random_masks").mask.ratio == 0.3 and params.variant("random_masks").mask.score == "random"
     assert params.variant("mascot_ratio25").mask.ratio == 0.25  # its own key wins
     assert params.variant("meanP").mask is None
+
+
+def test_ablation_variants_are_defined_and_disjoint_from_the_default_runs():
+    raw = tiny_params_dict()
+    raw["ablation"]["variants"] = ["mascot"]
+    with pytest.raises(ConfigError, match=r"\['mascot'\] are in both `variants` and `ablation.variants`"):
+        parse_params(raw)
+    raw["ablation"]["variants"] = ["nonexistent"]
+    with pytest.raises(ConfigError, match=r"ablation.variants \['nonexistent'\] are not defined"):
+        parse_params(raw)
+
+
+def test_every_masked_variant_of_the_repository_runs_at_k_equal_l():
+    """The default trains every masked variant (default and ablation runs) with the whole tower."""
+    from mascot.clip_model import check_split
+
+    params = load_params(REPO / "params.yaml")
+    masked = [n for n in params.variants + params.ablation.variants if params.variant(n).mask is not None]
+    assert masked and check_split(params.clip.model, params.train.trainable_blocks, masked) == params.train.trainable_blocks

@@ -31,7 +31,10 @@ def test_full_dag_then_nothing_to_do(repo, dvc_pipeline):
         cells = [c.strip() for c in row.strip("|").split("|")][2:]
         assert len(cells) == 10  # five metrics in each direction
         assert all(math.isfinite(float(c.split(" ")[0])) for c in cells)
-    assert {p.name for p in tables.iterdir()} >= {"main.md", "main.tex", "main.csv", "ablation.md", "mask_ratio.md"}
+    assert {p.name for p in tables.iterdir()} == {"main.md", "main.tex", "main.csv"}
+    ablation = repo / "results" / "ablation" / "tables" / "synthetic"
+    assert {p.name for p in ablation.iterdir()} >= {"ablation.md", "mask_ratio.md", "mask_score.md"}
+    assert "| + random masks | 1 |" in (ablation / "ablation.md").read_text()  # the tiny preset's one ablation run
     log = (repo / "results" / "train" / "synthetic" / "mascot-seed0.csv").read_text().splitlines()
     assert log[0].split(",")[:7] == ["epoch", "step", "loss", "nce", "nce_masked", "kl", "isc"]
 
@@ -41,23 +44,29 @@ def test_full_dag_then_nothing_to_do(repo, dvc_pipeline):
     assert "synthetic" in sh(["dvc", "metrics", "show"], repo)
 
 
+ABLATION = {"train_ablation@synthetic-random_masks-0", "evaluate_ablation@synthetic-random_masks-0", "tables_ablation@synthetic"}
+
+
 def test_lr_edit_reruns_train_evaluate_tables_only(repo):
     set_param(repo, "train.lr", 0.0002)
-    stages = dvc_ran(sh(["dvc", "repro"], repo))
+    # `make repro` (dvc repro tables): the default runs only; the ablation stays stale until `make ablation`
+    stages = dvc_ran(sh(["dvc", "repro", "tables"], repo))
     expected = {f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")} | {"tables@synthetic"}
     assert stages == expected
+    assert "train_ablation@synthetic-random_masks-0" in sh(["dvc", "status"], repo)
+    assert dvc_ran(sh(["dvc", "repro", "tables_ablation"], repo)) == ABLATION
 
 
 def test_a_mascot_setting_reruns_only_mascot(repo):
     set_param(repo, "variant_defs.mascot.mask", {"ratio": 0.25})
     stages = dvc_ran(sh(["dvc", "repro"], repo))
-    assert stages == {"train@synthetic-mascot-0", "evaluate@synthetic-mascot-0", "tables@synthetic"}
+    assert stages == {"train@synthetic-mascot-0", "evaluate@synthetic-mascot-0", "tables@synthetic", "tables_ablation@synthetic"}
 
 
 def test_num_frames_edit_reruns_frames_onwards(repo):
     set_param(repo, "frames.num_frames", 3)
     stages = dvc_ran(sh(["dvc", "repro"], repo))
-    expected = {"frames@synthetic", "features@synthetic", "tables@synthetic"} | {
+    expected = {"frames@synthetic", "features@synthetic", "tables@synthetic"} | ABLATION | {
         f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")
     }
     assert stages == expected

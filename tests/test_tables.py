@@ -24,7 +24,8 @@ def _write(metrics_dir, variant, seed, r1, dataset="synthetic", dsl_r1=None):
 
 
 def _params(tiny_params, **update):
-    return tiny_params.model_copy(update={"seeds": [0, 1], "variants": ["meanP", "seqTransf", "mascot", "random_masks"]} | update)
+    ablation = tiny_params.ablation.model_copy(update={"variants": ["random_masks", "attention_masks", "isc_both", "isc_high"]})
+    return tiny_params.model_copy(update={"seeds": [0, 1], "variants": ["meanP", "seqTransf", "mascot"], "ablation": ablation} | update)
 
 
 def test_tables_mean_std_order_and_layout(tmp_path, tiny_params):
@@ -35,19 +36,22 @@ def test_tables_mean_std_order_and_layout(tmp_path, tiny_params):
     _write(metrics, "mascot", 0, 50.0)
     _write(metrics, "random_masks", 0, 45.0)
     _write(metrics, "meanP", 7, 99.0)  # a seed that is no longer configured: stale, left out
-    _write(metrics, "isc_both", 0, 99.0)  # a variant that is not in `variants`: left out
+    _write(metrics, "mascot_ratio25", 0, 99.0)  # a variant in neither `variants` nor `ablation.variants`: left out
     out = tmp_path / "tables"
-    tables.run(_params(tiny_params), "synthetic", metrics / "synthetic", out / "synthetic")
-    # ablation, main and both sweeps; one folder per dataset
-    assert sorted(p.name for p in (out / "synthetic").iterdir()) == sorted(
-        f"{t}.{ext}" for t in ("main", "ablation", "mask_ratio", "mask_score") for ext in ("md", "csv", "tex")
+    tables.run(_params(tiny_params), "synthetic", [metrics / "synthetic"], out / "synthetic")
+    # the default writes `tables:` (main); the ablation stage writes `ablation.tables` elsewhere
+    assert sorted(p.name for p in (out / "synthetic").iterdir()) == ["main.csv", "main.md", "main.tex"]
+    tables.run(_params(tiny_params), "synthetic", [metrics / "synthetic"], out / "ablation", ablation=True)
+    assert sorted(p.name for p in (out / "ablation").iterdir()) == sorted(
+        f"{t}.{ext}" for t in ("ablation", "mask_ratio", "mask_score") for ext in ("md", "csv", "tex")
     )
     md = (out / "synthetic" / "main.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
     assert [r.split(" | ")[0] for r in rows] == ["| CLIP4Clip-meanP (baseline)", "| CLIP4Clip-seqTransf (baseline)", "| MASCOT (meanP)"]
     assert "32.0 ± 2.8" in rows[0] and "| 2 |" in rows[0] and "99.0" not in md
-    ablation = (out / "synthetic" / "ablation.md").read_text()
+    ablation = (out / "ablation" / "ablation.md").read_text()
     assert ablation.index("CLIP4Clip-meanP") < ablation.index("+ random masks") < ablation.index("MASCOT (meanP)")
+    assert "45.0" in ablation and "99.0" not in ablation
     csv = pd.read_csv(out / "synthetic" / "main.csv")
     assert csv.loc[0, "t2v_R1"] == 32.0 and csv.loc[0, "seeds"] == 2
     assert r"$\pm$" in (out / "synthetic" / "main.tex").read_text()
@@ -59,7 +63,7 @@ def test_main_table_of_a_real_dataset_shows_published_rows_apart(tmp_path, tiny_
     _write(metrics, "meanP", 0, 30.0, dataset="msrvtt")
     params = _params(tiny_params, datasets=["msrvtt"])
     out = tmp_path / "tables"
-    tables.run(params, "msrvtt", metrics / "msrvtt", out / "msrvtt", REPO / "references" / "published.yaml")
+    tables.run(params, "msrvtt", [metrics / "msrvtt"], out / "msrvtt", REPO / "references" / "published.yaml")
     md = (out / "msrvtt" / "main.md").read_text()
     lines = md.splitlines()
     separator = next(i for i, line in enumerate(lines) if "Published (not measured here)" in line)
@@ -72,7 +76,8 @@ def test_main_table_of_a_real_dataset_shows_published_rows_apart(tmp_path, tiny_
     assert "Luo et al., CLIP4Clip" in md and "Fang et al., MASCOT" in md  # every published value has its source
     tex = (out / "msrvtt" / "main.tex").read_text()
     assert "Published (not measured here)" in tex and "44.5" in tex
-    assert "Published" not in (out / "msrvtt" / "ablation.md").read_text()
+    tables.run(params, "msrvtt", [metrics / "msrvtt"], out / "ablation", REPO / "references" / "published.yaml", ablation=True)
+    assert "Published" not in (out / "ablation" / "ablation.md").read_text()  # published rows: main table only
 
 
 def test_published_reference_file_is_valid_and_strict(tmp_path):
@@ -94,7 +99,7 @@ def test_dsl_rows_are_listed_apart_and_labelled(tmp_path, tiny_params):
     _write(metrics, "meanP", 0, 30.0, dsl_r1=36.0)
     _write(metrics, "mascot", 0, 32.0, dsl_r1=39.0)
     out = tmp_path / "tables"
-    tables.run(_params(tiny_params), "synthetic", metrics / "synthetic", out / "synthetic")
+    tables.run(_params(tiny_params), "synthetic", [metrics / "synthetic"], out / "synthetic")
     lines = (out / "synthetic" / "main.md").read_text().splitlines()
     heading = next(i for i, line in enumerate(lines) if "Post-processed: DSL" in line)
     plain = [i for i, line in enumerate(lines) if line.startswith(("| CLIP4Clip-meanP (baseline) |", "| MASCOT (meanP) |"))]
@@ -110,7 +115,7 @@ def test_dsl_rows_are_listed_apart_and_labelled(tmp_path, tiny_params):
 
 def test_tables_without_metrics_fail(tmp_path, tiny_params):
     with pytest.raises(MascotError, match="no metrics"):
-        tables.run(tiny_params, "synthetic", tmp_path, tmp_path / "out")
+        tables.run(tiny_params, "synthetic", [tmp_path], tmp_path / "out")
 
 
 def test_every_table_states_its_settings_and_marks_rows_not_run(tmp_path, tiny_params):
@@ -120,28 +125,29 @@ def test_every_table_states_its_settings_and_marks_rows_not_run(tmp_path, tiny_p
     _write(metrics, "mascot", 1, 50.0)
     params = _params(tiny_params, variants=["meanP", "mascot"])
     out = tmp_path / "tables"
-    tables.run(params, "synthetic", metrics / "synthetic", out)
+    tables.run(params, "synthetic", [metrics / "synthetic"], out)
+    tables.run(params, "synthetic", [metrics / "synthetic"], out / "ablation", ablation=True)
     setting = (
         "Settings of the measured rows: backbone mascot-tiny, pretrained weights none (random weights), 1 epochs "
-        "(checkpoint selected on val), K = 2 trained vision blocks, test split 48 videos / 96 captions, seeds 0, 1."
+        "(checkpoint selected on val), K = 4 trained vision blocks, test split 48 videos / 96 captions, seeds 0, 1."
     )
-    only_mascot = setting.replace("seeds 0, 1.", "seeds 1.")  # the seeds of this table's measured rows
-    for name, line in (("main", setting), ("ablation", setting), ("mask_ratio", setting), ("mask_score", only_mascot)):
-        md = (out / f"{name}.md").read_text()
+    for folder, name, line in ((out, "main", setting), (out / "ablation", "ablation", setting),
+                               (out / "ablation", "mask_ratio", setting), (out / "ablation", "mask_score", setting)):
+        md = (folder / f"{name}.md").read_text()
         assert line in md and md.index(line) < md.index("| Method")
-        assert (out / f"{name}.tex").read_text().startswith(f"% {line}\n")
-    ablation = (out / "ablation.md").read_text().splitlines()
+        assert (folder / f"{name}.tex").read_text().startswith(f"% {line}\n")
+    ablation = (out / "ablation" / "ablation.md").read_text().splitlines()
     rows = [line.split(" | ")[:3] for line in ablation if line.startswith("| ") and not line.startswith("| Method")]
     assert rows == [
         ["| CLIP4Clip-meanP (baseline)", "2", "30.5 ± 0.7"], ["| + random masks", "–", "not run"],
         ["| + attention masks", "–", "not run"], ["| + ISC (both views)", "–", "not run"],
         ["| + ISC emphasis shift", "–", "not run"], ["| MASCOT (meanP)", "1", "50.0"],
     ]
-    assert "not run" in (out / "ablation.tex").read_text()
-    csv = pd.read_csv(out / "ablation.csv")
+    assert "not run" in (out / "ablation" / "ablation.tex").read_text()
+    csv = pd.read_csv(out / "ablation" / "ablation.csv")
     assert list(csv["status"]) == ["measured"] * 2 + ["not run"] * 4
     measured = csv[csv["status"] == "measured"].iloc[0]
-    assert (measured["backbone"], measured["epochs"], measured["trainable_blocks"], measured["test_captions"]) == ("mascot-tiny", 1, 2, 96)
+    assert (measured["backbone"], measured["epochs"], measured["trainable_blocks"], measured["test_captions"]) == ("mascot-tiny", 1, 4, 96)
     assert str(measured["seed_list"]) == "0 1" and pd.isna(csv.loc[csv["status"] == "not run", "t2v_R1"]).all()
 
 
@@ -156,9 +162,9 @@ def test_tables_of_other_datasets_survive(tmp_path, tiny_params):
     _write(metrics, "meanP", 0, 33.0, dataset="synthetic")
     _write(metrics, "meanP", 0, 21.0, dataset="msrvtt")
     out = tmp_path / "tables"
-    tables.run(_params(tiny_params), "synthetic", metrics / "synthetic", out / "synthetic")
+    tables.run(_params(tiny_params), "synthetic", [metrics / "synthetic"], out / "synthetic")
     before = {p.name: p.read_bytes() for p in (out / "synthetic").iterdir()}
-    tables.run(_params(tiny_params, datasets=["msrvtt"]), "msrvtt", metrics / "msrvtt", out / "msrvtt")
+    tables.run(_params(tiny_params, datasets=["msrvtt"]), "msrvtt", [metrics / "msrvtt"], out / "msrvtt")
     assert {p.name: p.read_bytes() for p in (out / "synthetic").iterdir()} == before
     assert "| 21.0 |" in (out / "msrvtt" / "main.md").read_text() and "33.0" not in (out / "msrvtt" / "main.md").read_text()
 
@@ -167,4 +173,6 @@ def test_tables_of_other_datasets_survive(tmp_path, tiny_params):
     with Repo(repo) as r:
         owned = {s.name: [o.def_path for o in s.outs] for s in r.index.stages if s.name.startswith("tables")}
         deps = {s.name: [d.def_path for d in s.deps if d.def_path.startswith("results")] for s in r.index.stages if s.name.startswith("tables")}
-    assert owned == {"tables@msrvtt": ["results/tables/msrvtt"]} and deps == {"tables@msrvtt": ["results/metrics/msrvtt"]}
+    assert owned == {"tables@msrvtt": ["results/tables/msrvtt"], "tables_ablation@msrvtt": ["results/ablation/tables/msrvtt"]}
+    assert deps == {"tables@msrvtt": ["results/metrics/msrvtt"],
+                    "tables_ablation@msrvtt": ["results/metrics/msrvtt", "results/ablation/metrics/msrvtt"]}

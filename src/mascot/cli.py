@@ -67,7 +67,7 @@ def _evaluate(args, params):
 def _tables(args, params):
     from . import tables
 
-    tables.run(params, args.dataset, args.metrics, args.out, args.published)
+    tables.run(params, args.dataset, args.metrics, args.out, args.published, args.ablation)
 
 
 def _preset(args, params):
@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("tables", _tables, "Markdown, CSV and LaTeX tables of one dataset from its metrics files.")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--metrics", type=Path, required=True, help="folder of the dataset's metrics JSON files")
+    p.add_argument("--metrics", type=Path, nargs="+", required=True, help="folders of the dataset's metrics JSON files")
+    p.add_argument("--ablation", action="store_true", help="write `ablation.tables` over `variants` + `ablation.variants`")
     p.add_argument("--out", type=Path, required=True, help="the dataset's tables folder to create")
     p.add_argument("--published", type=Path, default=None, help="reference file of published results (references/published.yaml)")
 

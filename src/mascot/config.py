@@ -192,6 +192,13 @@ class EvaluateConfig(Section):
     )
 
 
+class AblationConfig(Section):
+    """The ablation rows and sweeps: trained by the `*_ablation` stages (`make ablation`), not by `make repro`."""
+
+    variants: list[str] = Field(min_length=1, description="names from variant_defs trained by the ablation stages")
+    tables: dict[str, list[str]] = Field(description="table name → rows, over `variants` + `ablation.variants`")
+
+
 class Params(Section):
     datasets: list[str] = Field(min_length=1, description="datasets the pipeline runs over")
     variants: list[str] = Field(min_length=1, description="names from variant_defs that are trained")
@@ -207,6 +214,7 @@ class Params(Section):
         description="table name → variants shown as its rows (main, ablation, sweeps), written per dataset"
     )
     evaluate: EvaluateConfig
+    ablation: AblationConfig
 
     @field_validator("datasets", "variants", "seeds")
     @classmethod
@@ -230,10 +238,17 @@ class Params(Section):
             except ValidationError as exc:
                 problems = "; ".join(f"`variant_defs.{name}.{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())
                 raise ValueError(problems) from None
-        for table, rows in self.tables.items():
-            unknown = [v for v in rows if v not in self.variant_defs]
-            if unknown:
-                raise ValueError(f"tables.{table} lists {unknown}, which are not defined under `variant_defs:`")
+        unknown = [v for v in self.ablation.variants if v not in self.variant_defs]
+        if unknown:
+            raise ValueError(f"ablation.variants {unknown} are not defined under `variant_defs:` ({sorted(self.variant_defs)})")
+        both = sorted(set(self.variants) & set(self.ablation.variants))
+        if both:
+            raise ValueError(f"{both} are in both `variants` and `ablation.variants`; each run belongs to one of them")
+        for prefix, tables in (("tables", self.tables), ("ablation.tables", self.ablation.tables)):
+            for table, rows in tables.items():
+                unknown = [v for v in rows if v not in self.variant_defs]
+                if unknown:
+                    raise ValueError(f"{prefix}.{table} lists {unknown}, which are not defined under `variant_defs:`")
         return self
 
     def dataset(self, name: str):

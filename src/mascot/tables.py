@@ -39,11 +39,11 @@ POST_HEADING = "Post-processed: DSL (dual softmax over all test queries), not co
 PUBLISHED_HEADING = "Published (not measured here)"
 
 
-def collect(metrics_dir: Path) -> pd.DataFrame:
+def collect(*metrics_dirs: Path) -> pd.DataFrame:
     """One row per run and post-processing (`none`, or `dsl` when the metrics file has DSL
     metrics): dataset, variant, seed, post and every `{direction}_{metric}` value."""
     rows = []
-    for path in sorted(Path(metrics_dir).rglob("*.json")):
+    for path in sorted(p for d in metrics_dirs for p in Path(d).rglob("*.json")):
         data = json.loads(path.read_text())
         try:
             run = {"dataset": data["dataset"], "variant": data["variant_name"], "seed": data["seed"],
@@ -56,12 +56,12 @@ def collect(metrics_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def current_runs(runs: pd.DataFrame, params: Params) -> pd.DataFrame:
+def current_runs(runs: pd.DataFrame, params: Params, variants: list[str]) -> pd.DataFrame:
     """Only runs of the datasets, variants and seeds that params.yaml asks for (stale metrics files
     of removed variants or seeds stay on disk but never reach a table)."""
     if runs.empty:
         return runs
-    keep = runs["dataset"].isin(params.datasets) & runs["variant"].isin(params.variants) & runs["seed"].isin(params.seeds)
+    keep = runs["dataset"].isin(params.datasets) & runs["variant"].isin(variants) & runs["seed"].isin(params.seeds)
     return runs[keep]
 
 
@@ -177,16 +177,20 @@ def to_latex(sections: dict[str, list[list[str]]], notes: list[str], setting: st
     return body.replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
 
 
-def run(params: Params, dataset: str, metrics_dir: Path, out: Path, published_path: Path | None = None) -> None:
-    """Write the tables of `dataset` (from the metrics files under `metrics_dir`) into the folder `out`."""
-    runs = current_runs(collect(metrics_dir), params)
+def run(params: Params, dataset: str, metrics_dirs: list[Path], out: Path, published_path: Path | None = None, ablation: bool = False) -> None:
+    """Write the tables of `dataset` (from the metrics files under `metrics_dirs`) into the folder `out`:
+    `tables:` over `variants`, or with `ablation` the `ablation.tables` over `variants` + `ablation.variants`."""
+    variants = params.variants + params.ablation.variants if ablation else params.variants
+    table_defs = params.ablation.tables if ablation else params.tables
+    runs = current_runs(collect(*metrics_dirs), params, variants)
     runs = runs[runs["dataset"] == dataset] if not runs.empty else runs
     if runs.empty:
-        raise MascotError(f"{metrics_dir}: no metrics files of the configured runs of {dataset} found; run the evaluate stage first.")
+        where = ", ".join(map(str, metrics_dirs))
+        raise MascotError(f"{where}: no metrics files of the configured runs of {dataset} found; run the evaluate stage first.")
     published = load_published(published_path) if published_path else {}
     labels = {name: v.label or name for name, v in params.variant_defs.items()}
     with atomic_dir(out) as tmp:
-        for name, variants in params.tables.items():
+        for name, variants in table_defs.items():
             measured = runs[runs["variant"].isin(variants)]
             part = aggregate(measured, variants) if not measured.empty else pd.DataFrame(columns=["variant", "post"])
             plain, post = measured_rows(part, labels) if not measured.empty else ([], [])
@@ -201,4 +205,4 @@ def run(params: Params, dataset: str, metrics_dir: Path, out: Path, published_pa
             missing = pd.DataFrame({"post": "none", "variant": [v for v in variants if v not in ran], "seeds": 0, "status": NOT_RUN})
             measured_csv = part.drop(columns="dataset", errors="ignore").assign(status="measured", **(setting or {}))
             pd.concat([measured_csv, missing], ignore_index=True).to_csv(tmp / f"{name}.csv", index=False, float_format="%.4f")
-    log.info("tables: %d tables for %s → %s", len(params.tables), dataset, out)
+    log.info("tables: %d tables for %s → %s", len(table_defs), dataset, out)
