@@ -115,3 +115,31 @@ def test_every_masked_variant_of_the_repository_runs_at_k_equal_l():
     params = load_params(REPO / "params.yaml")
     masked = [n for n in params.variants + params.ablation.variants if params.variant(n).mask is not None]
     assert masked and check_split(params.clip.model, params.train.trainable_blocks, masked) == params.train.trainable_blocks
+
+
+def test_sweeps_and_ablation_rows_change_one_thing():
+    """A sweep row differs from MASCOT only in its swept key; an ablation row adds one component
+    (one of the mask / isc / dual sections) to the row above it."""
+    params = load_params(REPO / "params.yaml")
+    mascot = params.variant("mascot").model_dump(exclude={"label"})
+
+    def diff(a: dict, b: dict, prefix: str = "") -> set[str]:
+        keys = set(a) | set(b)
+        out = set()
+        for k in keys:
+            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+                out |= diff(a[k], b[k], f"{prefix}{k}.")
+            elif a.get(k) != b.get(k):
+                out.add(f"{prefix}{k}")
+        return out
+
+    for table, key in (("mask_ratio", "mask.ratio"), ("mask_score", "mask.score")):
+        rows = [v for v in params.ablation.tables[table] if v not in ("meanP", "mascot")]
+        assert rows
+        for name in rows:
+            assert diff(params.variant(name).model_dump(exclude={"label"}), mascot) == {key}, (table, name)
+    rows = params.ablation.tables["ablation"]
+    masked = [params.variant(v).model_dump(exclude={"label"}) for v in rows[1:]]
+    assert params.variant(rows[0]).mask is None and rows[-1] == "mascot"
+    for before, after in zip(masked, masked[1:]):
+        assert len({k.split(".")[0] for k in diff(before, after)}) == 1
