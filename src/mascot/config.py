@@ -61,7 +61,7 @@ class FeaturesConfig(Section):
 
 class TrainConfig(Section):
     trainable_blocks: int = Field(
-        2, ge=1, description="K: top vision blocks trained on cached tokens (method.md section 3)"
+        2, ge=1, description="K: top vision blocks trained on cached tokens (docs/model.md, section 'Where each part lives')"
     )
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=2, description="video-caption pairs per step (in-batch negatives)")
@@ -86,7 +86,7 @@ class TrainConfig(Section):
 
 
 class MaskConfig(Section):
-    """Attention-based masking (method.md §2.2; the defaults are our design choices)."""
+    """Attention-based masking (docs/model.md, section "What is the paper's and what is ours": the defaults are ours)."""
 
     ratio: float = Field(0.5, gt=0, lt=1, description="fraction of each frame's patches under each mask (ceil(ratio * N))")
     score: Literal["cls_attn", "text_sim", "random"] = Field(
@@ -96,7 +96,7 @@ class MaskConfig(Section):
 
 
 class IscConfig(Section):
-    """Informed Semantics Completion (method.md §2.3)."""
+    """Informed Semantics Completion (docs/model.md, section "One training step of MASCOT", step 5)."""
 
     weight: float = Field(1.0, ge=0, description="lambda_isc; 0 switches reconstruction off")
     views: Literal["high", "both"] = Field(
@@ -107,7 +107,7 @@ class IscConfig(Section):
 
 
 class DualConfig(Section):
-    """Dual-mask co-learning (method.md §2.4)."""
+    """Dual-mask co-learning (docs/model.md, section "One training step of MASCOT", step 4)."""
 
     weight: float = Field(0.5, ge=0, description="lambda_dual: weight of the masked views' InfoNCE (mean of both)")
     kl_weight: float = Field(0.5, ge=0, description="lambda_kl: weight of the KL between the views' similarity distributions")
@@ -125,7 +125,7 @@ class MascotConfig(Section):
 
 
 class _Temporal(Section):
-    temporal: Literal["meanP", "seqTransf"] = Field(description="temporal module of method.md section 2.1")
+    temporal: Literal["meanP", "seqTransf"] = Field(description="temporal module of the base model (docs/model.md)")
     temporal_layers: int = Field(4, ge=1, description="transformer layers of seqTransf")
     label: str | None = Field(None, description="row label in the tables (default: the variant name)")
 
@@ -134,7 +134,7 @@ class VariantSpec(_Temporal):
     """A variant as written under `variant_defs:`; `Params.variant` resolves it."""
 
     objective: Literal["base", "mascot"] = Field(
-        "base", description="base: the CLIP4Clip model alone (method.md 2.1); mascot: MASCOT's training (2.2-2.5)"
+        "base", description="base: the CLIP4Clip model alone; mascot: MASCOT's training (docs/model.md)"
     )
     mask: dict[str, Any] = Field(default_factory=dict, description="keys of `mascot.mask` this variant changes")
     isc: dict[str, Any] = Field(default_factory=dict, description="keys of `mascot.isc` this variant changes")
