@@ -52,9 +52,9 @@ TEMPLATES = (
 
 class SplitSizes(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    train: int = Field(160, ge=1)
-    val: int = Field(32, ge=1)
-    test: int = Field(48, ge=1)
+    train: int = Field(800, ge=1)
+    val: int = Field(100, ge=1)
+    test: int = Field(100, ge=1)
 
 
 class SyntheticConfig(DatasetConfig):
@@ -64,7 +64,7 @@ class SyntheticConfig(DatasetConfig):
     width: int = Field(128, ge=32, multiple_of=16)
     height: int = Field(96, ge=32, multiple_of=16)
     fps: int = Field(10, ge=1)
-    min_seconds: float = Field(0.8, gt=0)
+    min_seconds: float = Field(0.6, gt=0)
     max_seconds: float = Field(3.0, gt=0)
 
     @model_validator(mode="after")
