@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, resume
+from .checkpoint import save_checkpoint
 from .clip_model import create_clip
 from .config import Params, TrainConfig
 from .devices import autocast, grad_scaler, select_device
 from .errors import MascotError
-from .evaluate import evaluate_split, save_checkpoint
+from .evaluate import evaluate_split
 from .features import FeatureStore
 from .model import RetrievalModel
 from .objective import Objective

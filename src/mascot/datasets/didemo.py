@@ -15,14 +15,13 @@ from typing import ClassVar
 import pandas as pd
 from pydantic import Field
 
-from ..annotations import normalize
+from ..annotations import SPLITS, normalize
 from ..errors import MascotError
 from . import register
 from .remote import ANNOTATIONS, ParagraphConfig, RemoteDataset, annotation, read_text_lines, segment_rows
 
 LM = "https://raw.githubusercontent.com/LisaAnne/LocalizingMoments/master/data"
 CE = "https://raw.githubusercontent.com/albanie/collaborative-experts/master/misc/datasets/didemo"
-SPLITS = ("train", "val", "test")
 SEGMENT_SECONDS = 5.0
 HASH_FILE = "yfcc100m_hash.txt"
 CHECKSUMS = {
