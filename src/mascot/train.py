@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -34,9 +35,15 @@ log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every generator and make reruns bit-identical. Without deterministic algorithms the CPU
+    backward of indexing with repeated indices (objective.py gives each frame its caption's tokens)
+    adds in parallel with atomic float additions, in an order that varies between runs whenever the
+    valid frames of a batch do not split evenly over the threads (benchmarks/train_determinism.py)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, where CUDA has no such kernel
 
 
 def optimizer_for(model: RetrievalModel | Objective, cfg: TrainConfig) -> torch.optim.Optimizer:
