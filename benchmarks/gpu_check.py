@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py            # one CUDA GPU: ViT-B/32, bf16, batch 128 × 12 frames (≤ 8 min on an H200)
     python benchmarks/gpu_check.py --smoke    # any machine, CPU included: tiny config, tiny batch, seconds
 
-1. Feature caching: frames/s through the frozen ViT-B/32 prefix (method.md §3, K = 12: patch
+1. Feature caching: frames/s through the frozen ViT-B/32 prefix (docs/model.md, section "Where each part lives"; K = 12: patch
    embedding only; K = 0 would be the whole tower) and through the whole tower, in bf16.
 2. MASCOT training: steps/s and videos/s of the full objective (unmasked pass, both masked views,
    ISC decoder, backward, AdamW) at batch 128 × 12 frames with K trainable blocks.

@@ -1,4 +1,4 @@
-"""Training step time for K trainable blocks (method.md §3): K ∈ {all, 4, 2, 1} with ViT-B/32.
+"""Training step time for K trainable blocks (docs/model.md, section "Where each part lives"): K ∈ {all, 4, 2, 1} with ViT-B/32.
 
     python benchmarks/trainable_blocks.py                 # ViT-B/32, batch 4 × 12 frames, CPU
     python benchmarks/trainable_blocks.py --batch 8

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import re
 import shutil
@@ -16,11 +19,12 @@ from .conftest import REPO, tiny_params_dict
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
-def sh(args: list[str], cwd: Path) -> str:
+def sh(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
+    """Run a command that must succeed; its output (stdout and stderr, or stdout only)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
 
 
 def copy_project(dest: Path) -> Path:
@@ -59,14 +63,23 @@ def dvc_ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def snakemake_jobs(output: str) -> set[str]:
-    """Rules that `snakemake -n` would run (its job-stats table), without the `all` target."""
-    table = output.split("Job stats:", 1)
-    if len(table) == 1:
-        assert "Nothing to be done" in output, output
-        return set()
-    rows = table[1].split("total", 1)[0].splitlines()
-    return {line.split()[0] for line in rows[3:] if line.strip()} - {"all"}
+def snakemake_summary(repo: Path, *flags: str) -> list[dict[str, str]]:
+    """Snakemake's machine-readable plan: `--detailed-summary`, one row per output file (output_file,
+    rule, shellcmd as recorded by its last run, status, plan: `update pending` or `no update`)."""
+    table = sh(["snakemake", "--detailed-summary", "--cores", "1", *flags], repo, stdout_only=True)
+    rows = list(csv.DictReader(io.StringIO(table), delimiter="\t"))
+    assert rows and {r["plan"] for r in rows} <= {"update pending", "no update"}, table
+    return rows
+
+
+def snakemake_jobs(repo: Path) -> set[str]:
+    """Rules that Snakemake would run now (those with an output whose plan is `update pending`)."""
+    return {r["rule"] for r in snakemake_summary(repo) if r["plan"] == "update pending"}
+
+
+def dvc_stale(repo: Path) -> set[str]:
+    """Stages that `dvc status` reports, from its JSON form."""
+    return set(json.loads(sh(["dvc", "status", "--json"], repo, stdout_only=True).strip().splitlines()[-1]))
 
 
 def metrics_files(repo: Path) -> dict[str, bytes]:

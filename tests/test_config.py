@@ -3,8 +3,10 @@ import sys
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from mascot.config import load_params, parse_params
+from mascot.datasets import dataset_config_class
 from mascot.errors import ConfigError
 
 from .conftest import REPO, tiny_params_dict
@@ -143,3 +145,65 @@ def test_sweeps_and_ablation_rows_change_one_thing():
     assert params.variant(rows[0]).mask is None and rows[-1] == "mascot"
     for before, after in zip(masked, masked[1:]):
         assert len({k.split(".")[0] for k in diff(before, after)}) == 1
+
+
+def default_mismatches(raw: dict, section: BaseModel, default: BaseModel | None, where: str) -> list[str]:
+    """Keys of `raw` (a params.yaml mapping validated as `section`) whose value differs from the schema's
+    default; `default` is the section's own default instance (None: use each field's default)."""
+    found = []
+    for key, value in raw.items():
+        field, current = type(section).model_fields[key], getattr(section, key)
+        own = getattr(default, key) if default is not None else (None if field.is_required() else field.get_default(call_default_factory=True))
+        if isinstance(current, BaseModel) and isinstance(value, dict):
+            found += default_mismatches(value, current, own, f"{where}{key}.")
+        elif own is not None or not field.is_required():
+            if current != own:
+                found.append(f"{where}{key}: params.yaml {current!r}, schema default {own!r}")
+    return found
+
+
+def params_default_mismatches(raw: dict) -> list[str]:
+    params = parse_params(raw)
+    found = default_mismatches({k: v for k, v in raw.items() if k != "data"}, params, None, "")
+    for name, section in raw["data"].items():
+        entry = dataset_config_class(name)
+        found += default_mismatches(section or {}, params.dataset(name), entry.model_validate({}), f"data.{name}.")
+    return found
+
+
+def test_schema_defaults_equal_params_yaml():
+    """One set of defaults (see config.py): a key deleted from params.yaml falls back to the same value."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    mismatches = params_default_mismatches(raw)
+    assert not mismatches, "schema defaults (config.py, the dataset entries) differ from params.yaml:\n  " + "\n  ".join(mismatches)
+
+
+def test_a_default_that_differs_from_params_yaml_is_found():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"]["epochs"] += 1
+    raw["mascot"]["mask"]["ratio"] = 0.3
+    raw["data"]["synthetic"]["videos"]["val"] += 1
+    found = params_default_mismatches(raw)
+    assert [line.split(":")[0] for line in found] == ["train.epochs", "mascot.mask.ratio", "data.synthetic.videos.val"]
+
+
+def unstated_keys(raw: dict, model: type[BaseModel], where: str = "") -> list[str]:
+    """Settings of the schema that a params mapping leaves to their default (nested sections walked)."""
+    missing = []
+    for key, field in model.model_fields.items():
+        if key not in raw:
+            missing.append(f"{where}{key}")
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) and isinstance(raw[key], dict):
+            missing += unstated_keys(raw[key], field.annotation, f"{where}{key}.")
+    return missing
+
+
+def test_params_yaml_states_every_setting():
+    """Outside `data:` (whose sections list what one sets; the entries' file registries stay defaults),
+    every key of the schema is written in params.yaml, so the file shows every value that applies."""
+    from mascot.config import Params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert unstated_keys(raw, Params) == []
+    del raw["train"]["grad_clip"], raw["mascot"]["isc"]["heads"]
+    assert unstated_keys(raw, Params) == ["train.grad_clip", "mascot.isc.heads"]

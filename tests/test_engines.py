@@ -3,14 +3,23 @@ kept in sync both ways, the same results; and artifacts shared through a DVC rem
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 from dvc.repo import Repo
 
-from .project_copy import commit, copy_project, dvc_ran, metrics_files, set_param, sh, snakemake_jobs
+from .project_copy import (
+    commit,
+    copy_project,
+    dvc_ran,
+    dvc_stale,
+    metrics_files,
+    set_param,
+    sh,
+    snakemake_jobs,
+    snakemake_summary,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +34,12 @@ def dvc_outputs(repo: Path) -> dict[str, list[str]]:
         return {rule_name(s.name): sorted(o.def_path for o in s.outs) for s in r.index.stages}
 
 
-def snakemake_outputs(dry_run: str) -> dict[str, list[str]]:
-    """rule → outputs, from the job blocks of `snakemake -n -F` (one job per rule here)."""
-    outputs = {}
-    for block in re.split(r"\n(?=rule |localrule )", dry_run):
-        head = re.match(r"(?:local)?rule (\S+):", block)
-        out = re.search(r"^\s+output: (.+)$", block, re.M)
-        if head and out and head.group(1) != "all":
-            outputs[head.group(1)] = sorted(o.strip() for o in out.group(1).split(","))
-    return outputs
+def snakemake_outputs(repo: Path) -> dict[str, list[str]]:
+    """rule → outputs, from Snakemake's summary (one job per rule here; `all` has no outputs)."""
+    outputs: dict[str, list[str]] = {}
+    for row in snakemake_summary(repo):
+        outputs.setdefault(row["rule"], []).append(row["output_file"])
+    return {rule: sorted(files) for rule, files in outputs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -46,26 +52,25 @@ def smk_repo(tmp_path_factory) -> Path:
 
 def test_stages_and_rules_correspond_one_to_one(tmp_path):
     repo = copy_project(tmp_path / "repo")
-    dry = sh(["snakemake", "-n", "-F", "--cores", "1"], repo)
-    assert snakemake_outputs(dry) == dvc_outputs(repo)
+    assert snakemake_outputs(repo) == dvc_outputs(repo)
 
 
-def test_the_command_sets_are_equal(tmp_path):
-    repo = copy_project(tmp_path / "repo")
-    dvc_cmds = {line[2:].strip() for line in sh(["dvc", "repro", "--dry", "-f"], repo).splitlines() if line.startswith("> ")}
-    snakemake_cmds = set()
-    for line in sh(["snakemake", "-n", "-p", "-F", "--cores", "1"], repo).splitlines():
-        line = line.strip().removeprefix("Shell command: ").removeprefix("python -m mascot.gpu_slot -- ")
-        if line.startswith("python -m mascot "):
-            snakemake_cmds.add(line.split(" > logs/", 1)[0])  # the rule's log redirection
-    assert len(dvc_cmds) == 12 and snakemake_cmds == dvc_cmds  # 9 default stages + 3 ablation (one variant)
+def dvc_commands(repo: Path) -> set[str]:
+    with Repo(repo) as r:
+        return {s.cmd for s in r.index.stages}
+
+
+def test_snakemake_ran_the_commands_of_dvc_yaml(smk_repo):
+    """The commands Snakemake recorded for every output of its run are exactly DVC's stage commands."""
+    launcher, log = "python -m mascot.gpu_slot -- ", " > logs/snakemake/"
+    ran = {r["shellcmd"].removeprefix(launcher).split(log, 1)[0] for r in snakemake_summary(smk_repo)}
+    assert len(ran) == 12 and ran == dvc_commands(smk_repo)  # 9 default stages + 3 ablation (one variant)
 
 
 def test_lint_passes():
     from .conftest import REPO
 
-    out = sh(["snakemake", "--lint"], REPO)
-    assert "Congratulations" in out
+    sh(["snakemake", "--lint"], REPO)  # exits non-zero when it has a suggestion (its JSON form is not wired to the CLI in 9.27)
 
 
 def test_snakemake_run_gives_the_metrics_of_dvc_repro(smk_repo, dvc_pipeline):
@@ -75,8 +80,8 @@ def test_snakemake_run_gives_the_metrics_of_dvc_repro(smk_repo, dvc_pipeline):
 
 def test_snakemake_run_then_dvc_commit_leaves_both_with_nothing_to_do(smk_repo):
     sh(["dvc", "commit", "-f"], smk_repo)
-    assert "up to date" in sh(["dvc", "status"], smk_repo)
-    assert snakemake_jobs(sh(["snakemake", "-n", "--cores", "1"], smk_repo)) == set()
+    assert dvc_stale(smk_repo) == set()
+    assert snakemake_jobs(smk_repo) == set()
     assert dvc_ran(sh(["dvc", "repro"], smk_repo)) == set()
 
 
@@ -96,16 +101,15 @@ def with_downstream(repo: Path, stale: set[str]) -> set[str]:
 )
 def test_an_edit_invalidates_the_same_stages_and_touch_resyncs(smk_repo, key, value):
     set_param(smk_repo, key, value)
-    dry = sh(["snakemake", "-n", "--cores", "1"], smk_repo)
-    stale = set(json.loads(sh(["dvc", "status", "--json"], smk_repo).splitlines()[-1]))
-    planned = snakemake_jobs(dry)
+    stale = dvc_stale(smk_repo)
+    planned = snakemake_jobs(smk_repo)
     assert stale and planned == {rule_name(s) for s in with_downstream(smk_repo, stale)}
     # DVC then skips a downstream stage whose inputs come out identical; Snakemake decides by time.
     ran = dvc_ran(sh(["dvc", "repro"], smk_repo))
     assert stale <= ran and {rule_name(s) for s in ran} <= planned
     sh(["snakemake", "--touch", "--cores", "1"], smk_repo)
-    assert snakemake_jobs(sh(["snakemake", "-n", "--cores", "1"], smk_repo)) == set()
-    assert "up to date" in sh(["dvc", "status"], smk_repo)
+    assert snakemake_jobs(smk_repo) == set()
+    assert dvc_stale(smk_repo) == set()
 
 
 def test_dvc_remote_push_then_pull_in_a_fresh_clone(smk_repo, tmp_path):
@@ -118,12 +122,12 @@ def test_dvc_remote_push_then_pull_in_a_fresh_clone(smk_repo, tmp_path):
     sh(["git", "clone", "-q", str(smk_repo), str(clone)], tmp_path)
     sh(["dvc", "remote", "add", "--local", "-d", "shared", str(store)], clone)
     sh(["dvc", "pull"], clone)
-    assert "up to date" in sh(["dvc", "status"], clone)
+    assert dvc_stale(clone) == set()
     assert dvc_ran(sh(["dvc", "repro"], clone)) == set()
     assert (clone / "models" / "synthetic" / "mascot-seed0.pt").read_bytes() == (smk_repo / "models" / "synthetic" / "mascot-seed0.pt").read_bytes()
     # and Snakemake, which keeps its own state, is brought in line with one touch
     sh(["snakemake", "--touch", "--cores", "1"], clone)
-    assert snakemake_jobs(sh(["snakemake", "-n", "--cores", "1"], clone)) == set()
+    assert snakemake_jobs(clone) == set()
 
 
 def test_slurm_profile_builds_the_dag():

@@ -1,4 +1,4 @@
-"""MASCOT's parts (method.md §2.2–2.5): the tower runner, the masks, ISC, the objective."""
+"""MASCOT's parts (docs/model.md, section "One training step of MASCOT"): the tower runner, the masks, ISC, the objective."""
 
 from __future__ import annotations
 

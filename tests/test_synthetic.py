@@ -4,7 +4,7 @@ import decord
 import numpy as np
 
 from mascot.datasets import get_dataset
-from mascot.datasets.synthetic import MOTIONS, SyntheticConfig
+from mascot.datasets.synthetic import MOTIONS, PALETTE, SyntheticConfig, draw_video, render_video
 
 
 def test_deterministic_and_decodable(tmp_path):
@@ -38,9 +38,34 @@ def test_splits_and_schema(tiny_raw, tiny_params):
     assert all((tiny_raw / "videos" / p).is_file() for p in table["video_path"])
 
 
-def test_foreground_differs_from_background_statistics(tmp_path):
-    # The shape is drawn on top of a textured, palette-coloured background: frames are not flat.
-    cfg = SyntheticConfig(videos={"train": 1, "val": 1, "test": 1})
+def _interior(mask: np.ndarray, margin: int = 2) -> np.ndarray:
+    """The mask without a `margin`-pixel rim (H.264 and 4:2:0 chroma blur the shape's edges)."""
+    inner = mask.copy()
+    for axis in (0, 1):
+        for shift in (-margin, margin):
+            inner &= np.roll(mask, shift, axis=axis)
+    return inner
+
+
+def test_the_foreground_shape_is_where_the_generator_drew_it(tmp_path):
+    cfg = SyntheticConfig(videos={"train": 3, "val": 1, "test": 1})
     get_dataset("synthetic", cfg).download(tmp_path, tmp_path / "cache")
-    frame = decord.VideoReader(str(sorted((tmp_path / "videos").glob("*.mp4"))[0]))[0].asnumpy()
-    assert np.std(frame.astype(float)) > 20
+    meta = json.loads((tmp_path / "annotations.json").read_text())
+    for index, entry in enumerate(meta["videos"]):
+        rng, attrs, n = draw_video(cfg, index)
+        assert (attrs, n) == (entry["attributes"], entry["num_frames"])
+        _, masks = render_video(rng, cfg, attrs, n)
+        reader = decord.VideoReader(str(tmp_path / "videos" / f"{entry['video_id']}.mp4"))
+        frames = reader.get_batch(list(range(len(reader)))).asnumpy().astype(float)
+        assert len(frames) == n
+        colour = np.array(PALETTE[attrs["colour"]], float)
+        first, last = _interior(masks[0]), _interior(masks[-1])
+        ahead = _interior(masks[-1] & ~masks[0])  # where the shape goes, clear of where it starts
+        assert first.sum() > 20 and last.sum() > 20 and ahead.sum() > 20
+        # the decoded frames show the shape's colour where the generator put it, and not where it goes later
+        assert np.abs(frames[0][first] - colour).mean() < 15 and np.abs(frames[-1][last] - colour).mean() < 15
+        assert np.abs(frames[0][ahead] - colour).mean() > 2 * np.abs(frames[0][first] - colour).mean() + 10
+        # and it moves the way the captions say
+        (ux, uy), _ = MOTIONS[attrs["motion"]]
+        start, end = (np.argwhere(m).mean(axis=0) for m in (masks[0], masks[-1]))  # (row, column) centroids
+        assert np.sign(np.round(end - start)).tolist() == [uy, ux]

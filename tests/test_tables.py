@@ -176,3 +176,19 @@ def test_tables_of_other_datasets_survive(tmp_path, tiny_params):
     assert owned == {"tables@msrvtt": ["results/tables/msrvtt"], "tables_ablation@msrvtt": ["results/ablation/tables/msrvtt"]}
     assert deps == {"tables@msrvtt": ["results/metrics/msrvtt"],
                     "tables_ablation@msrvtt": ["results/metrics/msrvtt", "results/ablation/metrics/msrvtt"]}
+
+
+def test_latex_table_is_one_tabular_with_escaped_cells_and_labelled_sections():
+    row = ["A_b & c 50%", "3"] + ["9.0 ± 1.3"] * 10
+    sections = {"": [row], tables.POST_HEADING: [row], tables.PUBLISHED_HEADING: []}
+    tex = tables.to_latex(sections, ["[1] Someone et al., a #1 paper"], "Settings: x")
+    assert tex.startswith("% Settings: x\n")
+    lines = tex.splitlines()[1:]
+    assert lines[0] == r"\begin{tabular}{llrrrrrrrrrr}" and lines.count(r"\end{tabular}") == 1
+    assert lines[2] == r"\multicolumn{2}{c}{} & \multicolumn{5}{c}{Text$\rightarrow$Video} & \multicolumn{5}{c}{Video$\rightarrow$Text} \\"
+    body = [line for line in lines if line.startswith(r"A\_b")]
+    assert body == [r"A\_b \& c 50\% & 3 & " + " & ".join([r"9.0 $\pm$ 1.3"] * 10) + r" \\"] * 2
+    assert all(line.count(" & ") == 11 for line in body)  # one cell per column: the label's & is escaped
+    heading = lines.index(rf"\multicolumn{{12}}{{l}}{{\emph{{{tables.POST_HEADING}}}}} \\")
+    assert lines[heading - 1] == r"\midrule" and "Published" not in tex  # empty sections leave no heading
+    assert lines[-2:] == [r"\end{tabular}", "% [1] Someone et al., a #1 paper"] and tex.endswith("\n")

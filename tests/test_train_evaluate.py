@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mascot import evaluate, train
+from mascot.checkpoint import load_checkpoint
 from mascot.config import EvaluateConfig
 from mascot.errors import MascotError
-from mascot.evaluate import load_checkpoint
 from mascot.features import FeatureStore
 
 

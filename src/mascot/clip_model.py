@@ -211,8 +211,8 @@ def block_with_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
 class VisionTop(nn.Module):
     """The trainable top K blocks, ln_post and proj, run on cached tokens.
 
-    `run` drops patch tokens per frame (MASCOT's masked views are encoded by dropping, method.md
-    §2.2) and can return the last block's CLS→patch attention of the same pass.
+    `run` drops patch tokens per frame (MASCOT's masked views are encoded by dropping, docs/model.md,
+    section "One training step of MASCOT") and can return the last block's CLS→patch attention of the same pass.
     """
 
     def __init__(self, visual: nn.Module, trainable_blocks: int):

@@ -4,6 +4,18 @@ Every stage loads its parameters through `load_params`, so an invalid or unknown
 once, the same way, before any work starts. Per-dataset sections (`data.<name>`) are validated by the
 config class that the dataset's registry entry declares, so a new dataset brings its own schema
 without touching this file.
+
+One source of defaults. The schema keeps a default for every setting, and
+`tests/test_config.py::test_schema_defaults_equal_params_yaml` proves that each default equals the
+value params.yaml states (here and in the dataset entries), so deleting a key from params.yaml
+changes nothing. We chose that over a schema that requires every key because defaults carry
+weight in their own right: the real datasets' file registries (URLs, checksums, archive layouts)
+are defaults that params.yaml overrides one key at a time, and writing them all out would bury
+the settings people edit; sections are built from one changed key in code and tests
+(`MaskConfig(score="random")`); and a key added later keeps older params files valid. A new key
+needs its default here and its value in params.yaml: `test_params_yaml_states_every_setting`
+fails while params.yaml lacks it (outside the dataset sections), and the first test holds the two
+values equal.
 """
 
 from __future__ import annotations
@@ -41,10 +53,10 @@ class ClipConfig(Section):
 
 
 class FramesConfig(Section):
-    num_frames: int = Field(12, ge=1, description="frames sampled uniformly over [start, end] of each video")
+    num_frames: int = Field(6, ge=1, description="frames sampled uniformly over [start, end] of each video")
     shard_size: int = Field(512, ge=1, description="videos per memory-mappable shard (the unit of work and of resumption)")
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        1, description="parallel decoding processes (one shard each); auto: one per available core (at most one per "
+        2, description="parallel decoding processes (one shard each); auto: one per available core (at most one per "
         "shard); a number above the available cores is capped at them"
     )
     decoder: Literal["auto", "pyav"] = Field(
@@ -64,13 +76,13 @@ class FeaturesConfig(Section):
 
 class TrainConfig(Section):
     trainable_blocks: int = Field(
-        2, ge=1, description="K: top vision blocks trained on cached tokens (method.md section 3)"
+        4, ge=1, description="K: top vision blocks trained on cached tokens; masked variants need K = L (docs/model.md, section 'Exact masking')"
     )
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(128, ge=2, description="video-caption pairs per step (in-batch negatives)")
-    lr: float = Field(1e-4, gt=0, description="learning rate of the new modules")
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=2, description="video-caption pairs per step (in-batch negatives)")
+    lr: float = Field(5e-4, gt=0, description="learning rate of the new modules")
     clip_lr_scale: float = Field(
-        1e-3, gt=0, description="CLIP weights train at lr * clip_lr_scale (1e-7 / 1e-4 in CLIP4Clip)"
+        1.0, gt=0, description="CLIP weights train at lr * clip_lr_scale (1e-7 / 1e-4 in CLIP4Clip)"
     )
     weight_decay: float = Field(0.2, ge=0)
     adam_betas: tuple[float, float] = Field(
@@ -106,7 +118,7 @@ class TrainConfig(Section):
 
 
 class MaskConfig(Section):
-    """Attention-based masking (method.md §2.2; the defaults are our design choices)."""
+    """Attention-based masking (docs/model.md, section "What is the paper's and what is ours": the defaults are ours)."""
 
     ratio: float = Field(0.5, gt=0, lt=1, description="fraction of each frame's patches under each mask (ceil(ratio * N))")
     score: Literal["cls_attn", "text_sim", "random"] = Field(
@@ -116,7 +128,7 @@ class MaskConfig(Section):
 
 
 class IscConfig(Section):
-    """Informed Semantics Completion (method.md §2.3)."""
+    """Informed Semantics Completion (docs/model.md, section "One training step of MASCOT", step 5)."""
 
     weight: float = Field(1.0, ge=0, description="lambda_isc; 0 switches reconstruction off")
     views: Literal["high", "both"] = Field(
@@ -127,7 +139,7 @@ class IscConfig(Section):
 
 
 class DualConfig(Section):
-    """Dual-mask co-learning (method.md §2.4)."""
+    """Dual-mask co-learning (docs/model.md, section "One training step of MASCOT", step 4)."""
 
     weight: float = Field(0.5, ge=0, description="lambda_dual: weight of the masked views' InfoNCE (mean of both)")
     kl_weight: float = Field(0.5, ge=0, description="lambda_kl: weight of the KL between the views' similarity distributions")
@@ -145,7 +157,7 @@ class MascotConfig(Section):
 
 
 class _Temporal(Section):
-    temporal: Literal["meanP", "seqTransf"] = Field(description="temporal module of method.md section 2.1")
+    temporal: Literal["meanP", "seqTransf"] = Field(description="temporal module of the base model (docs/model.md)")
     temporal_layers: int = Field(4, ge=1, description="transformer layers of seqTransf")
     label: str | None = Field(None, description="row label in the tables (default: the variant name)")
 
@@ -154,7 +166,7 @@ class VariantSpec(_Temporal):
     """A variant as written under `variant_defs:`; `Params.variant` resolves it."""
 
     objective: Literal["base", "mascot"] = Field(
-        "base", description="base: the CLIP4Clip model alone (method.md 2.1); mascot: MASCOT's training (2.2-2.5)"
+        "base", description="base: the CLIP4Clip model alone; mascot: MASCOT's training (docs/model.md)"
     )
     mask: dict[str, Any] = Field(default_factory=dict, description="keys of `mascot.mask` this variant changes")
     isc: dict[str, Any] = Field(default_factory=dict, description="keys of `mascot.isc` this variant changes")

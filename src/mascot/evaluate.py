@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_file, write_json
-from .clip_model import create_clip
-from .config import ClipConfig, EvaluateConfig, Params, VariantConfig
+from .atomic import write_json
+from .checkpoint import load_checkpoint
+from .config import EvaluateConfig, Params
 from .devices import describe, select_device
 from .errors import MascotError
 from .features import FeatureStore
@@ -51,24 +51,6 @@ def evaluate_split(model: RetrievalModel, store: FeatureStore, split: str, cfg: 
     text, video, caption_video = embed_split(model, store, split, cfg.batch_size)
     metrics = embedding_metrics(text, video, caption_video, cfg.chunk_size, cfg.dsl_scale if dsl else None)
     return {**metrics, "num_videos": len(video), "num_captions": len(text)}
-
-
-def save_checkpoint(model: RetrievalModel, meta: dict, path: Path) -> None:
-    with atomic_file(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-
-
-def load_checkpoint(path: Path) -> tuple[RetrievalModel, dict]:
-    """Rebuild the model from a checkpoint's own metadata (no pickled objects are loaded)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MascotError(f"{path}: checkpoint not found; run the train stage first.") from None
-    meta = ckpt["meta"]
-    clip = create_clip(ClipConfig(model=meta["model"], pretrained=None))
-    model = RetrievalModel(clip, meta["trainable_blocks"], VariantConfig.model_validate(meta["variant"]), meta["num_frames"], meta["logit_scale_max"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), meta
 
 
 def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None:

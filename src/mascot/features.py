@@ -1,6 +1,6 @@
 """The features stage: run the frozen bottom of the vision tower once and cache its tokens.
 
-method.md §3: the tower is split at block L - K (K = train.trainable_blocks). The cached tokens
+docs/model.md, section "Where each part lives": the tower is split at block L - K (K = train.trainable_blocks). The cached tokens
 (fp16, the input of block L - K, CLS first) let training run only the top K blocks. Captions are
 tokenized here too, so training never touches the tokenizer.
 

@@ -1,4 +1,4 @@
-"""Informed Semantics Completion (method.md §2.3): a light decoder that predicts masked patches.
+"""Informed Semantics Completion (docs/model.md, section "One training step of MASCOT", step 5): a light decoder that predicts masked patches.
 
 Queries are a learnable mask token plus the position embedding of each masked patch; they attend
 (cross-attention, open_clip's own residual blocks) to the visible patches of the same frame and to

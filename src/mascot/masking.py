@@ -1,4 +1,4 @@
-"""Attention-based video masking (method.md §2.2): which patches of each frame each view drops.
+"""Attention-based video masking (docs/model.md, section "One training step of MASCOT", step 2): which patches of each frame each view drops.
 
 A score per patch ranks the patches of every frame; the high-informed mask covers the ⌈ρN⌉
 highest-scoring patches, the low-informed mask the ⌈ρN⌉ lowest. Both are computed without

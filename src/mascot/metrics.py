@@ -54,8 +54,14 @@ def ranks(sim: np.ndarray, targets=None, chunk_size: int = 1024) -> np.ndarray:
     out = np.empty(nq, np.int64)
     for start in range(0, nq, chunk_size):
         stop = min(start + chunk_size, nq)
-        out[start:stop] = 1 + (sim[start:stop].astype(np.float64) > best[start:stop, None]).sum(axis=1)
+        out[start:stop] = 1 + count_above(sim[start:stop].astype(np.float64), best[start:stop])
     return out
+
+
+def count_above(scores: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Per row of `scores`, how many entries score strictly higher than the row's `threshold`: a
+    rank is 1 + this count (ties count in the query's favour)."""
+    return (scores > np.asarray(threshold)[:, None]).sum(axis=1)
 
 
 def summarize(rank: np.ndarray) -> dict[str, float]:
@@ -127,15 +133,14 @@ def embedding_metrics(
         sim = text[lo : lo + chunk_size].astype(np.float64) @ video.T
         cv, r = caption_video[lo : lo + chunk_size], np.arange(len(sim))
         for name, rank in t2v.items():
-            s = views[name](sim)
-            rank[lo : lo + len(s)] = 1 + (s > s[r, cv][:, None]).sum(axis=1)
+            rank[lo : lo + len(sim)] = ranks(views[name](sim), cv, chunk_size)
         for name, b in best.items():
             np.maximum.at(b, cv, views[name](sim)[r, cv])
     v2t = {name: np.ones(nv, np.int64) for name in best}
     for lo in range(0, nc, chunk_size):  # pass 2: captions scoring above each video's best own one
         sim = text[lo : lo + chunk_size].astype(np.float64) @ video.T
         for name, rank in v2t.items():
-            rank += (views[name](sim) > best[name][None, :]).sum(axis=0)
+            rank += count_above(views[name](sim).T, best[name])
     out = {"t2v": summarize(t2v["plain"]), "v2t": summarize(v2t["plain"])}
     if dsl_scale is not None:
         out["dsl"] = {"t2v": summarize(t2v["t2v_dsl"]), "v2t": summarize(v2t["v2t_dsl"]), "scale": float(dsl_scale)}

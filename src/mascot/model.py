@@ -1,4 +1,6 @@
-"""The base retrieval model of method.md §2.1 (CLIP4Clip lineage), trained on cached tokens.
+"""The base retrieval model (CLIP4Clip lineage), trained on cached tokens.
+
+docs/model.md, section "Where each part lives", describes it.
 
 Frame embedding = proj(ln_post(CLS)) from the top K vision blocks; the temporal module (`meanP` or
 `seqTransf`) pools frames into a video embedding; text embedding = CLIP's EOT feature; similarity =
@@ -103,7 +105,7 @@ class RetrievalModel(nn.Module):
     def encode_video(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cached tokens (B, T, 1+N, W) → video embeddings; padded frames are not computed.
 
-        This is inference for every variant: MASCOT masks only during training (method.md §2.5).
+        This is inference for every variant: MASCOT masks only during training (docs/model.md, section "Where each part lives").
         """
         return self.pool(self.vision(tokens[mask]), mask)
 

@@ -1,4 +1,4 @@
-"""The training objective of a variant (method.md §2.5), and the training-only heads it owns.
+"""The training objective of a variant (docs/model.md, section "One training step of MASCOT"), and the training-only heads it owns.
 
   L = L_nce(full) + λ_dual · (L_nce(v_h) + L_nce(v_l)) / 2 + λ_kl · L_kl + λ_isc · L_isc
 

@@ -64,9 +64,10 @@ def _apply(raw: dict, name: str) -> list[tuple[dict, str]]:
     changed = []
     for key, value in overrides(name).items():
         before = _lookup(raw, key)
+        if before == value:  # unchanged: keep the node as it is (a flow list stays a flow list)
+            continue
         node, leaf = _set(raw, key, value, name)
-        if before != value:
-            changed.append((node, leaf))
+        changed.append((node, leaf))
     parse_params(raw, source=f"params with preset {name}")
     return changed
 
@@ -90,6 +91,14 @@ def _mark(node, leaf: str, text: str) -> None:
     token.value = text + (newline + rest if first.lstrip().startswith("#") else token.value)
 
 
+def _float_text(value: float) -> str:
+    text = repr(value)
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
 def apply_in_place(params_file: Path, name: str) -> None:
     """Rewrite `params_file` with the preset, keeping its comments and key order (ruamel round trip);
     the comment of every key the preset changes becomes `# preset <name>` (the old one described the
@@ -102,6 +111,8 @@ def apply_in_place(params_file: Path, name: str) -> None:
     rt.preserve_quotes = True
     rt.indent(mapping=2, sequence=4, offset=2)
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    # floats always with a dot (1.0e-06, not 1e-06), which YAML 1.1 readers (PyYAML) would take for a string
+    rt.representer.add_representer(float, lambda r, v: r.represent_scalar("tag:yaml.org,2002:float", _float_text(v)))
     raw = rt.load(params_file.read_text())
     for node, leaf in _apply(raw, name):
         _mark(node, leaf, f"# preset {name}")
@@ -111,10 +122,14 @@ def apply_in_place(params_file: Path, name: str) -> None:
 
 def exp_run_args(name: str) -> list[str]:
     """`-S key=value` arguments for `dvc exp run` (values in YAML flow style)."""
+    def flow(value: Any) -> str:
+        if isinstance(value, list):  # no spaces, so that each override stays one shell word
+            return "[" + ",".join(flow(v) for v in value) + "]"
+        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
     out = []
     for key, value in overrides(name).items():
-        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-        out += ["-S", f"{key}={text}"]
+        out += ["-S", f"{key}={flow(value)}"]
     return out
 
 

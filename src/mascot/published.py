@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import MascotError
 from .metrics import METRICS
 
-DEFAULT_PUBLISHED = Path("references/published.yaml")
-
 
 class Direction(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -162,19 +162,38 @@ def to_markdown(title: str, sections: dict[str, list[list[str]]], notes: list[st
     return f"# {title}\n\n{intro}\n\n{setting}\n\n" + "\n".join(lines) + footer + "\n"
 
 
+LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+LATEX_SYMBOLS = {"±": r"$\pm$", "→": r"$\rightarrow$"}
+
+
+def latex_text(text: str) -> str:
+    """Text as LaTeX: special characters escaped, ± and → as math symbols."""
+    return "".join(LATEX_ESCAPES.get(c) or LATEX_SYMBOLS.get(c, c) for c in text)
+
+
 def to_latex(sections: dict[str, list[list[str]]], notes: list[str], setting: str) -> str:
-    columns = pd.MultiIndex.from_tuples([("", "Method"), ("", "Seeds")] + [(DIRECTIONS[d], m) for d in DIRECTIONS for m in METRICS])
-    first, *rest = sections.items()
-    body = pd.DataFrame(first[1], columns=columns).to_latex(index=False, escape=True, column_format="ll" + "r" * len(VALUE_COLUMNS), multicolumn_format="c")
-    for heading, rows in rest:
-        if not rows:
-            continue
-        extra = pd.DataFrame(rows, columns=columns).to_latex(index=False, escape=True, header=False)
-        body_rows = extra.split(r"\midrule")[-1].split(r"\bottomrule")[0]
-        rule = r"\midrule" + "\n" + rf"\multicolumn{{{len(columns)}}}{{l}}{{\emph{{{heading}}}}} \\" + "\n"
-        body = body.replace(r"\bottomrule", rule + body_rows.strip("\n") + "\n" + r"\bottomrule")
-    body = f"% {setting}\n" + body + "".join(f"% {n}\n" for n in notes)
-    return body.replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
+    """A booktabs tabular: a column group per direction, then each section's rows (a section with a
+    heading below its own rule and an italic heading row); the settings and sources as LaTeX comments."""
+    width = 2 + len(VALUE_COLUMNS)
+    groups = " & ".join(rf"\multicolumn{{{len(METRICS)}}}{{c}}{{{latex_text(DIRECTIONS[d])}}}" for d in DIRECTIONS)
+    lines = [
+        f"% {setting}",
+        rf"\begin{{tabular}}{{ll{'r' * len(VALUE_COLUMNS)}}}",
+        r"\toprule",
+        rf"\multicolumn{{2}}{{c}}{{}} & {groups} \\",
+        " & ".join(["Method", "Seeds", *(m for _ in DIRECTIONS for m in METRICS)]) + r" \\",
+        r"\midrule",
+    ]
+    for heading, rows in sections.items():
+        if heading and rows:
+            lines += [r"\midrule", rf"\multicolumn{{{width}}}{{l}}{{\emph{{{latex_text(heading)}}}}} \\"]
+        lines += [" & ".join(latex_text(cell) for cell in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    comments = [f"% {''.join(LATEX_SYMBOLS.get(c, c) for c in note)}" for note in notes]
+    return "\n".join(lines + comments) + "\n"
 
 
 def run(params: Params, dataset: str, metrics_dirs: list[Path], out: Path, published_path: Path | None = None, ablation: bool = False) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -18,11 +19,12 @@ import numpy as np
 import torch
 
 from . import distributed, resume
+from .checkpoint import save_checkpoint
 from .clip_model import check_split, create_clip
 from .config import Params, TrainConfig
 from .devices import autocast, describe, grad_scaler, select_device
 from .errors import MascotError
-from .evaluate import evaluate_split, save_checkpoint
+from .evaluate import evaluate_split
 from .features import FeatureStore
 from .model import RetrievalModel
 from .objective import Objective
@@ -33,9 +35,15 @@ log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every generator and make reruns bit-identical. Without deterministic algorithms the CPU
+    backward of indexing with repeated indices (objective.py gives each frame its caption's tokens)
+    adds in parallel with atomic float additions, in an order that varies between runs whenever the
+    valid frames of a batch do not split evenly over the threads (benchmarks/train_determinism.py)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, where CUDA has no such kernel
 
 
 # CLIP4Clip's no-decay list: substrings of parameter names (its BertAdam call, main_task_retrieval.py).

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pandas as pd
+from pydantic import Field
 
 from ..annotations import normalize
 from ..errors import MascotError
@@ -24,6 +25,10 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
 
 
 class ActivityNetConfig(CarvedValConfig, ParagraphConfig):
+    max_missing_fraction: float = Field(
+        0.05, ge=0, le=1, description="fail when more than this fraction is missing (YouTube videos disappear)"
+    )
+
     DEFAULT_FILES: ClassVar[dict[str, dict]] = {
         "annotations": {
             "url": "http://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip",

@@ -3,7 +3,7 @@
 Splits: the train/val/test JSON filtered by the collaborative-experts lists (8,392 / 1,065 / 1,004
 videos), the lists CLIP4Clip-style evaluations report. Videos come from the YFCC100M mirror, one URL
 per video through yfcc100m_hash.txt, saved as `<video>.mp4` as LocalizingMoments' own script does;
-13 are gone upstream (datasets.md) and end up in missing_videos.txt.
+13 are gone upstream (docs/datasets.md) and end up in missing_videos.txt.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from typing import ClassVar
 import pandas as pd
 from pydantic import Field
 
-from ..annotations import normalize
+from ..annotations import SPLITS, normalize
 from ..errors import MascotError
 from . import register
 from .remote import ANNOTATIONS, ParagraphConfig, RemoteDataset, annotation, read_text_lines, segment_rows
 
 LM = "https://raw.githubusercontent.com/LisaAnne/LocalizingMoments/master/data"
 CE = "https://raw.githubusercontent.com/albanie/collaborative-experts/master/misc/datasets/didemo"
-SPLITS = ("train", "val", "test")
 SEGMENT_SECONDS = 5.0
 HASH_FILE = "yfcc100m_hash.txt"
 CHECKSUMS = {

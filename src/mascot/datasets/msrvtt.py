@@ -1,4 +1,4 @@
-"""MSR-VTT, 1k-A protocol (JSFusion test split), as in the CLIP4Clip lineage (datasets.md).
+"""MSR-VTT, 1k-A protocol (JSFusion test split), as in the CLIP4Clip lineage (docs/datasets.md).
 
 Train: the 9k (or 7k) list with all ~20 captions of each video from MSRVTT_data.json. Test: the
 1,000 video-sentence pairs of MSRVTT_JSFUSION_test.csv. 1k-A has no validation split; ours is

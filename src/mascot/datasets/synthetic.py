@@ -22,7 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
-from ..annotations import normalize
+from ..annotations import SPLITS, normalize
 from . import DatasetConfig, DatasetSource, register
 
 PALETTE = {
@@ -52,9 +52,9 @@ TEMPLATES = (
 
 class SplitSizes(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    train: int = Field(160, ge=1)
-    val: int = Field(32, ge=1)
-    test: int = Field(48, ge=1)
+    train: int = Field(800, ge=1)
+    val: int = Field(100, ge=1)
+    test: int = Field(100, ge=1)
 
 
 class SyntheticConfig(DatasetConfig):
@@ -64,7 +64,7 @@ class SyntheticConfig(DatasetConfig):
     width: int = Field(128, ge=32, multiple_of=16)
     height: int = Field(96, ge=32, multiple_of=16)
     fps: int = Field(10, ge=1)
-    min_seconds: float = Field(0.8, gt=0)
+    min_seconds: float = Field(0.6, gt=0)
     max_seconds: float = Field(3.0, gt=0)
 
     @model_validator(mode="after")
@@ -116,23 +116,27 @@ def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float
     raise ValueError(f"unknown shape {shape}")
 
 
-def render_video(rng: np.random.Generator, cfg: SyntheticConfig, attrs: dict, n_frames: int) -> np.ndarray:
-    """Frames (n, H, W, 3) uint8 of one foreground shape crossing a textured background."""
+def foreground_masks(rng: np.random.Generator, cfg: SyntheticConfig, attrs: dict, n_frames: int) -> np.ndarray:
+    """Where the shape is in each frame, (n, H, W) bool: it travels across most of the frame along its
+    motion axis, at a random offset (drawn from `rng`) on the other axis."""
     h, w = cfg.height, cfg.width
-    frames = _background(rng, h, w, n_frames)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r = SIZES[attrs["size"]] * h
     (ux, uy), _ = MOTIONS[attrs["motion"]]
-    # Travel across most of the frame along the motion axis, at a random offset on the other axis.
     travel_x, travel_y = (w - 2 * r) * 0.8, (h - 2 * r) * 0.8
     cx0 = w / 2 - ux * travel_x / 2 + (0 if ux else rng.uniform(-0.25, 0.25) * w)
     cy0 = h / 2 - uy * travel_y / 2 + (0 if uy else rng.uniform(-0.2, 0.2) * h)
-    colour = np.array(PALETTE[attrs["colour"]], np.float32)
-    for t in range(n_frames):
-        f = t / max(n_frames - 1, 1)
-        mask = _shape_mask(attrs["shape"], yy, xx, cy0 + uy * travel_y * f, cx0 + ux * travel_x * f, r)
-        frames[t][mask] = colour
-    return np.clip(frames, 0, 255).astype(np.uint8)
+    progress = [t / max(n_frames - 1, 1) for t in range(n_frames)]
+    return np.stack([_shape_mask(attrs["shape"], yy, xx, cy0 + uy * travel_y * f, cx0 + ux * travel_x * f, r) for f in progress])
+
+
+def render_video(rng: np.random.Generator, cfg: SyntheticConfig, attrs: dict, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (n, H, W, 3) uint8 of one foreground shape crossing a textured background, and the
+    shape's masks (n, H, W) (where it was painted, in its palette colour)."""
+    frames = _background(rng, cfg.height, cfg.width, n_frames)
+    masks = foreground_masks(rng, cfg, attrs, n_frames)
+    frames[masks] = np.array(PALETTE[attrs["colour"]], np.float32)
+    return np.clip(frames, 0, 255).astype(np.uint8), masks
 
 
 def encode_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
@@ -162,9 +166,9 @@ def caption(template: str, attrs: dict) -> str:
     )
 
 
-def _make_video(job: tuple[SyntheticConfig, int, str, Path]) -> dict:
-    """Render and encode video number `index`; return its annotation entry."""
-    cfg, index, split, video_dir = job
+def draw_video(cfg: SyntheticConfig, index: int) -> tuple[np.random.Generator, dict, int]:
+    """Video number `index`'s own generator, its attributes and its frame count (the generator then
+    renders it: `render_video`)."""
     rng = np.random.default_rng([cfg.seed, index])
     attrs = {
         "colour": str(rng.choice(list(PALETTE))),
@@ -172,9 +176,15 @@ def _make_video(job: tuple[SyntheticConfig, int, str, Path]) -> dict:
         "size": str(rng.choice(list(SIZES))),
         "motion": str(rng.choice(list(MOTIONS))),
     }
-    n_frames = max(2, round(rng.uniform(cfg.min_seconds, cfg.max_seconds) * cfg.fps))
+    return rng, attrs, max(2, round(rng.uniform(cfg.min_seconds, cfg.max_seconds) * cfg.fps))
+
+
+def _make_video(job: tuple[SyntheticConfig, int, str, Path]) -> dict:
+    """Render and encode video number `index`; return its annotation entry."""
+    cfg, index, split, video_dir = job
+    rng, attrs, n_frames = draw_video(cfg, index)
     video_id = f"synth{index:05d}"
-    encode_mp4(render_video(rng, cfg, attrs, n_frames), video_dir / f"{video_id}.mp4", cfg.fps)
+    encode_mp4(render_video(rng, cfg, attrs, n_frames)[0], video_dir / f"{video_id}.mp4", cfg.fps)
     first = int(rng.integers(len(TEMPLATES)))
     captions = [caption(TEMPLATES[(first + k) % len(TEMPLATES)], attrs) for k in range(cfg.captions_per_video)]
     return {"video_id": video_id, "split": split, "num_frames": n_frames, "attributes": attrs, "captions": captions}
@@ -190,7 +200,7 @@ class SyntheticDataset(DatasetSource):
         cfg = self.config
         video_dir = self.video_root(raw_dir)
         video_dir.mkdir(parents=True)
-        splits = [split for split in ("train", "val", "test") for _ in range(getattr(cfg.videos, split))]
+        splits = [split for split in SPLITS for _ in range(getattr(cfg.videos, split))]
         jobs = [(cfg, index, split, video_dir) for index, split in enumerate(splits)]
         # Each video has its own generator, so the result does not depend on the number of workers.
         with ProcessPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
