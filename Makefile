@@ -1,13 +1,13 @@
-# Set-up and entry points. `make repro` and `make test` create .venv when it is missing and install
-# the pinned dependencies of pyproject.toml (the one place where versions are pinned); a second call
-# with the environment present installs nothing.
+# Set-up and entry points. `make repro`, `make test`, `make test-fast` and `make lint` create .venv
+# when it is missing and install the pinned dependencies of pyproject.toml (the one place where
+# versions are pinned); a second call with the environment present installs nothing.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env repro ablation test clean-venv
+.PHONY: env repro ablation test test-fast lint clean-venv
 
 env: $(STAMP)
 
@@ -27,6 +27,16 @@ ablation: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# The inner loop: everything but the end-to-end runs (`slow`) and the tests that build the tiny
+# dataset's frames and features or spawn long subprocesses (`heavy`, see tests/conftest.py).
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not heavy" -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 clean-venv:
 	rm -rf $(VENV)

@@ -56,7 +56,7 @@ def caching_throughput(cfg: dict, device: torch.device, precision: str) -> dict[
         prefix = VisionPrefix(clip.visual, k) if k else None
 
         @torch.no_grad()
-        def encode():
+        def encode(prefix=prefix):
             with autocast(device, precision):
                 return prefix(images) if prefix else clip.encode_image(images)
 

@@ -19,6 +19,7 @@ import torch
 
 from mascot.clip_model import vision_layers
 from mascot.config import VariantConfig
+
 from mascot_step import step_times
 
 

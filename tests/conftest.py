@@ -15,6 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# Tests that `make test-fast` leaves out (marked `heavy` at collection): those that need the tiny
+# dataset's frames or features, or a pipeline run, and the files that spawn long subprocesses.
+HEAVY_FIXTURES = {"tiny_frames", "tiny_features", "serial_frames", "dvc_pipeline", "smk_repo"}
+HEAVY_FILES = {"test_distributed.py", "test_benchmarks.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if HEAVY_FIXTURES & set(item.fixturenames) or item.path.name in HEAVY_FILES:
+            item.add_marker(pytest.mark.heavy)
+
+
 def tiny_params_dict() -> dict:
     """The repository's params.yaml shrunk to seconds: the lightning-hydra style debug preset."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
