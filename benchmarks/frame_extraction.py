@@ -133,7 +133,7 @@ def main() -> None:
             t_auto, n_ours = timed(ours, paths, args.num_frames, args.size, "auto")
             t_pyav, _ = timed(ours, paths, args.num_frames, args.size, "pyav")
             parallel = stage_parallel(paths, args.num_frames, args.size, args.workers, Path(scratch), "pyav")
-        same = "same" if n_ours == n_pub else f"differ: {sum(a != b for a, b in zip(n_ours, n_pub))} videos"
+        same = "same" if n_ours == n_pub else f"differ: {sum(a != b for a, b in zip(n_ours, n_pub, strict=True))} videos"
         print(f"| {label} | {len(paths) / t_pub:.1f} | {len(paths) / t_auto:.1f}, {t_pub / t_auto:.1f}× | "
               f"{len(paths) / t_pyav:.1f}, {t_pub / t_pyav:.1f}× | {np.mean(n_ours):.1f} / {np.mean(n_pub):.1f} ({same}) | "
               f"{parallel:.1f} |")

@@ -143,7 +143,7 @@ def test_sweeps_and_ablation_rows_change_one_thing():
     rows = params.ablation.tables["ablation"]
     masked = [params.variant(v).model_dump(exclude={"label"}) for v in rows[1:]]
     assert params.variant(rows[0]).mask is None and rows[-1] == "mascot"
-    for before, after in zip(masked, masked[1:]):
+    for before, after in zip(masked, masked[1:], strict=False):
         assert len({k.split(".")[0] for k in diff(before, after)}) == 1
 
 

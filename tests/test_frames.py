@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from mascot import frames
-from mascot.errors import MascotError
 from mascot.config import parse_params
+from mascot.errors import MascotError
 from mascot.frames import open_frames
 
 from .conftest import SHARED_DATA
