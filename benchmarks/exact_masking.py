@@ -114,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads, CPU")
     print()
-    print("| model | design | trained blocks / L | batch × frames | MASCOT step (s) | vs whole tower | peak RSS (MiB) | exact |")
+    print("| model | design | trained blocks / L | batch × frames | MASCOT step (s) | vs whole tower | peak RSS (MiB) | exact (by design) |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for name in args.configs:
         batch, frames, k, words = DEFAULT_CONFIGS.get(name, (4, 12, 2, 32))

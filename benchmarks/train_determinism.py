@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--variant", default="mascot")
     parser.add_argument(
         "--frames", type=int, default=8,
-        help="frames per video (default 8, as params.yaml: shorter videos are padded, so the valid frames per batch vary)",
+        help="frames per video (default 8: shorter videos are padded, so the valid frames per batch vary)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each run (default: torch's own)")
     parser.add_argument("--index-probe", action="store_true", help="only probe the index backward")

@@ -46,6 +46,11 @@ class ClipConfig(Section):
         None,
         description="open_clip pretrained tag (needs the network once), a local checkpoint file, or null for random weights",
     )
+    weights_activation: Literal["quick_gelu", "gelu"] | None = Field(
+        None,
+        description="the activation a state-dict file in `pretrained` was trained with (quick_gelu: OpenAI's CLIP); "
+        "required for such a file, checked against the model config (tags and TorchScript archives say it themselves)",
+    )
     cache_dir: str | None = Field(None, description="where pretrained weights are cached (default: $HF_HOME)")
     init_seed: int = Field(
         0, description="seed of the random weights when pretrained is null (the features and train stages must build the same model)"
@@ -91,8 +96,8 @@ class TrainConfig(Section):
     adam_eps: float = Field(1e-6, gt=0, description="AdamW epsilon; 1e-6 as CLIP4Clip's BertAdam (torch's default 1e-8)")
     no_decay: Literal["ndim", "clip4clip"] = Field(
         "ndim",
-        description="parameters without weight decay: ndim (ours: every tensor with fewer than 2 dims: biases, norm "
-        "weights, embeddings' scales, logit_scale) or clip4clip (names containing bias / LayerNorm.bias / "
+        description="parameters without weight decay: ndim (ours: every trained tensor of fewer than 2 dims: biases, "
+        "LayerNorm weights, logit_scale, the ISC mask token) or clip4clip (names containing bias / LayerNorm.bias / "
         "LayerNorm.weight, CLIP4Clip's list; with open_clip's names that is the biases only)",
     )
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
@@ -205,7 +210,8 @@ class EvaluateConfig(Section):
 
 
 class AblationConfig(Section):
-    """The ablation rows and sweeps: trained by the `*_ablation` stages (`make ablation`), not by `make repro`."""
+    """The ablation rows (and any sweep rows added to them): trained by the `*_ablation` stages
+    (`make ablation`), not by `make repro`; `tables` are written from them and the default runs."""
 
     variants: list[str] = Field(min_length=1, description="names from variant_defs trained by the ablation stages")
     tables: dict[str, list[str]] = Field(description="table name → rows, over `variants` + `ablation.variants`")
@@ -270,8 +276,9 @@ class Params(Section):
         return self.data[name]
 
     def masked_variants(self) -> list[str]:
-        """The variants in `variants` that mask patches (they need K = L, see clip_model.check_split)."""
-        return [name for name in self.variants if self.variant(name).mask is not None]
+        """The variants trained on this features cache (`variants` and `ablation.variants`) that mask
+        patches: they need K = L (clip_model.check_split)."""
+        return [name for name in self.variants + self.ablation.variants if self.variant(name).mask is not None]
 
     def variant(self, name: str) -> VariantConfig:
         """The variant with MASCOT's shared settings applied."""
