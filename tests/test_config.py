@@ -207,3 +207,16 @@ def test_params_yaml_states_every_setting():
     assert unstated_keys(raw, Params) == []
     del raw["train"]["grad_clip"], raw["mascot"]["isc"]["heads"]
     assert unstated_keys(raw, Params) == ["train.grad_clip", "mascot.isc.heads"]
+
+
+def test_masked_ablation_variants_count_for_the_features_cache():
+    """K is one setting for the features cache: a masked ablation row needs K = L even when `variants`
+    has only base models, and the features stage (check_split over masked_variants) says so first."""
+    from mascot.clip_model import check_split
+
+    raw = tiny_params_dict()
+    raw["variants"], raw["ablation"]["variants"], raw["train"]["trainable_blocks"] = ["meanP"], ["isc_both"], 2
+    params = parse_params(raw)
+    assert params.masked_variants() == ["isc_both"]
+    with pytest.raises(ConfigError, match=r"`isc_both`.*`train.trainable_blocks: 4`"):
+        check_split(params.clip.model, params.train.trainable_blocks, params.masked_variants())
