@@ -77,7 +77,10 @@ def _preset_models() -> dict[str, str]:
 
     from .conftest import REPO
 
-    return {name: spec["clip.model"] for name, spec in yaml.safe_load((REPO / "presets/presets.yaml").read_text())["backbones"].items()}
+    return {
+        name: spec["clip.model"]
+        for name, spec in yaml.safe_load((REPO / "presets/presets.yaml").read_text())["backbones"].items()
+    }
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,7 @@ def check_activation(cfg: ClipConfig) -> None:
         fix_text = (
             f"Set `clip.model: {fix}` (open_clip's config with the matching activation)"
             if open_clip.get_model_config(fix) is not None
-            else f"Use a model config with `\"quick_gelu\": {str(needs_quick).lower()}` (e.g. a copy of {cfg.model}'s JSON in {MODEL_CONFIG_DIR})"
+            else f'Use a model config with `"quick_gelu": {str(needs_quick).lower()}` (e.g. a copy of {cfg.model}\'s JSON in {MODEL_CONFIG_DIR})'
         )
         raise ConfigError(
             f"`clip.pretrained: {cfg.pretrained}` was trained with {want} ({source}), but `clip.model: {cfg.model}` "
@@ -109,7 +109,11 @@ def create_clip(cfg: ClipConfig) -> nn.Module:
     """Build the open_clip model named in `clip:` (weights per `clip.pretrained`), in eval mode."""
     model_config(cfg.model)
     check_activation(cfg)
-    if cfg.pretrained is not None and not open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) and not Path(cfg.pretrained).is_file():
+    if (
+        cfg.pretrained is not None
+        and not open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)
+        and not Path(cfg.pretrained).is_file()
+    ):
         raise ConfigError(
             f"`clip.pretrained: {cfg.pretrained}` is neither a pretrained tag of {cfg.model} "
             f"({', '.join(open_clip.list_pretrained_tags_by_model(cfg.model)) or 'it has none'}) nor an existing file; "
@@ -162,7 +166,7 @@ def masking_needs_whole_tower(model_name: str, trainable_blocks: int, depth: int
         f"{model_name}. Those blocks have already mixed every patch into every token, so a view that drops patch "
         f"tokens after them would still carry the dropped patches. Set `train.trainable_blocks: {depth}` (the whole "
         "tower runs on the cached patch embeddings, as in the paper's end-to-end fine-tuning) or remove the masked "
-        "variants from `variants` (docs/model.md, \"Exact masking\")."
+        'variants from `variants` (docs/model.md, "Exact masking").'
     )
 
 
@@ -210,7 +214,9 @@ def block_with_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     """One open_clip ResidualAttentionBlock on batch-first x, also returning its head-averaged
     attention weights, from the same forward pass (open_clip itself never asks for them)."""
     if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention) or hasattr(block, "ln_1_kv"):
-        raise ConfigError(f"{type(block).__name__}: CLS attention needs open_clip's ResidualAttentionBlock (nn.MultiheadAttention).")
+        raise ConfigError(
+            f"{type(block).__name__}: CLS attention needs open_clip's ResidualAttentionBlock (nn.MultiheadAttention)."
+        )
     h = block.ln_1(x)
     if not block.attn.batch_first:
         h = h.transpose(0, 1)

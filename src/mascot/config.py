@@ -53,7 +53,8 @@ class ClipConfig(Section):
     )
     cache_dir: str | None = Field(None, description="where pretrained weights are cached (default: $HF_HOME)")
     init_seed: int = Field(
-        0, description="seed of the random weights when pretrained is null (the features and train stages must build the same model)"
+        0,
+        description="seed of the random weights when pretrained is null (the features and train stages must build the same model)",
     )
 
 
@@ -61,8 +62,9 @@ class FramesConfig(Section):
     num_frames: int = Field(6, ge=1, description="frames sampled uniformly over [start, end] of each video")
     shard_size: int = Field(512, ge=1, description="videos per memory-mappable shard (the unit of work and of resumption)")
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        2, description="parallel decoding processes (one shard each); auto: one per available core (at most one per "
-        "shard); a number above the available cores is capped at them"
+        2,
+        description="parallel decoding processes (one shard each); auto: one per available core (at most one per "
+        "shard); a number above the available cores is capped at them",
     )
     decoder: Literal["auto", "pyav"] = Field(
         "auto",
@@ -81,14 +83,14 @@ class FeaturesConfig(Section):
 
 class TrainConfig(Section):
     trainable_blocks: int = Field(
-        4, ge=1, description="K: top vision blocks trained on cached tokens; masked variants need K = L (docs/model.md, section 'Exact masking')"
+        4,
+        ge=1,
+        description="K: top vision blocks trained on cached tokens; masked variants need K = L (docs/model.md, section 'Exact masking')",
     )
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=2, description="video-caption pairs per step (in-batch negatives)")
     lr: float = Field(5e-4, gt=0, description="learning rate of the new modules")
-    clip_lr_scale: float = Field(
-        1.0, gt=0, description="CLIP weights train at lr * clip_lr_scale (1e-7 / 1e-4 in CLIP4Clip)"
-    )
+    clip_lr_scale: float = Field(1.0, gt=0, description="CLIP weights train at lr * clip_lr_scale (1e-7 / 1e-4 in CLIP4Clip)")
     weight_decay: float = Field(0.2, ge=0)
     adam_betas: tuple[float, float] = Field(
         (0.9, 0.98), description="AdamW betas; (0.9, 0.98) as CLIP4Clip's BertAdam (torch's default is (0.9, 0.999))"
@@ -284,8 +286,7 @@ class Params(Section):
         """The variant with MASCOT's shared settings applied."""
         if name not in self.variant_defs:
             raise ConfigError(
-                f"Variant `{name}` is not defined under `variant_defs:` in params.yaml "
-                f"(defined: {sorted(self.variant_defs)})."
+                f"Variant `{name}` is not defined under `variant_defs:` in params.yaml (defined: {sorted(self.variant_defs)})."
             )
         return resolve_variant(self.variant_defs[name], self.mascot)
 
