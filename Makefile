@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 repro: $(STAMP)
 	$(BIN)/dvc repro tables
 
-# The ablation rows and sweeps (params.yaml `ablation:`), on top of the default runs.
+# The ablation rows (params.yaml `ablation:`) and their tables, on top of the default runs.
 ablation: $(STAMP)
 	$(BIN)/dvc repro tables_ablation
 

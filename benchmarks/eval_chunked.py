@@ -58,7 +58,9 @@ def main() -> None:
     video /= np.linalg.norm(video, axis=1, keepdims=True)
 
     ours, t_ours, m_ours = measure(embedding_metrics, text, video, targets, args.chunk)
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; numpy {np.__version__}; {args.n:,} × {videos:,}, {args.dim}-d")
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; numpy {np.__version__}; {args.n:,} × {videos:,}, {args.dim}-d"
+    )
     print()
     print("| method | time (s) | peak memory (MiB) |")
     print("|---|---:|---:|")

@@ -59,7 +59,9 @@ class OnlineFrozenTop(VisionTop):
         return super().run(tokens, None, attention)
 
 
-def measure(design: str, model_name: str, batch: int, frames: int, k: int, words: int, repeats: int, warmup: int, threads: int, queue) -> None:
+def measure(
+    design: str, model_name: str, batch: int, frames: int, k: int, words: int, repeats: int, warmup: int, threads: int, queue
+) -> None:
     torch.set_num_threads(threads)
     depth = vision_layers(model_name)
     variant = VariantConfig(temporal="meanP", mask=MaskConfig())
@@ -93,7 +95,6 @@ def measure(design: str, model_name: str, batch: int, frames: int, k: int, words
     queue.put((statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-
 def run_isolated(*args) -> tuple[float, float]:
     ctx = multiprocessing.get_context("spawn")  # a forked child cannot use the parent's OpenMP pool
     queue = ctx.Queue()
@@ -114,7 +115,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads, CPU")
     print()
-    print("| model | design | trained blocks / L | batch × frames | MASCOT step (s) | vs whole tower | peak RSS (MiB) | exact |")
+    print(
+        "| model | design | trained blocks / L | batch × frames | MASCOT step (s) | vs whole tower | peak RSS (MiB) | exact (by design) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for name in args.configs:
         batch, frames, k, words = DEFAULT_CONFIGS.get(name, (4, 12, 2, 32))
@@ -126,7 +129,10 @@ def main() -> None:
             reference = reference or step
             trained = depth if design == "whole tower" else k
             exact = "no" if "inexact" in design else "yes"
-            print(f"| {name} | {design} | {trained} / {depth} | {batch} × {frames} | {step:.3f} | {step / reference:.2f}× | {rss:.0f} | {exact} |", flush=True)
+            print(
+                f"| {name} | {design} | {trained} / {depth} | {batch} × {frames} | {step:.3f} | {step / reference:.2f}× | {rss:.0f} | {exact} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

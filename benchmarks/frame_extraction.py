@@ -28,7 +28,13 @@ import numpy as np
 from mascot.video import read_clip, resize_center_crop
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
-SOURCES = ["testsrc2", "mandelbrot", "life=s=320x240:mold=10:r=30:ratio=0.1:death_color=#C83232:life_color=#00ff00", "smptehdbars", "rgbtestsrc"]
+SOURCES = [
+    "testsrc2",
+    "mandelbrot",
+    "life=s=320x240:mold=10:r=30:ratio=0.1:death_color=#C83232:life_color=#00ff00",
+    "smptehdbars",
+    "rgbtestsrc",
+]
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
 
@@ -41,10 +47,31 @@ def make_clips(folder: Path, n: int, seconds: float, noise: bool, gop: int | Non
         if not path.exists():
             src = SOURCES[i % len(SOURCES)]
             src = src if "=" in src else f"{src}=size=320x240:rate=30"
-            subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", src, "-t", str(seconds),
-                            "-vf", f"scale=320:240,{f'noise=alls={10 + i % 20}:allf=t,' if noise else ''}hue=h={i * 7}",
-                            "-r", "30", "-c:v", "libx264", *(["-g", str(gop)] if gop else []), "-pix_fmt", "yuv420p",
-                            str(path)], check=True)
+            subprocess.run(
+                [
+                    FFMPEG,
+                    "-v",
+                    "error",
+                    "-y",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    src,
+                    "-t",
+                    str(seconds),
+                    "-vf",
+                    f"scale=320:240,{f'noise=alls={10 + i % 20}:allf=t,' if noise else ''}hue=h={i * 7}",
+                    "-r",
+                    "30",
+                    "-c:v",
+                    "libx264",
+                    *(["-g", str(gop)] if gop else []),
+                    "-pix_fmt",
+                    "yuv420p",
+                    str(path),
+                ],
+                check=True,
+            )
         paths.append(path)
     return paths
 
@@ -88,10 +115,20 @@ def stage_parallel(paths: list[Path], num_frames: int, size: int, workers: int, 
     from mascot.annotations import normalize, write_table
     from mascot.frames import plan_shards, run_shards, work_dir
 
-    table = normalize(pd.DataFrame({
-        "video_id": [p.name for p in paths], "split": "test", "caption_id": [p.name for p in paths], "caption": "x",
-        "start": np.nan, "end": np.nan, "video_path": [str(p) for p in paths],
-    }), "benchmark")
+    table = normalize(
+        pd.DataFrame(
+            {
+                "video_id": [p.name for p in paths],
+                "split": "test",
+                "caption_id": [p.name for p in paths],
+                "caption": "x",
+                "start": np.nan,
+                "end": np.nan,
+                "video_path": [str(p) for p in paths],
+            }
+        ),
+        "benchmark",
+    )
     write_table(table, scratch / "a.parquet")
     shards = plan_shards(table, Path("/"), num_frames, size, max(1, len(paths) // (workers * 4)), decoder)
     work = work_dir(scratch / "frames")
@@ -116,16 +153,22 @@ def main() -> None:
 
     args.cache.mkdir(parents=True, exist_ok=True)
     clips = make_clips(args.cache, args.videos, args.seconds, not args.no_noise, args.gop)
-    kind = ("without noise" if args.no_noise else "with temporal noise") + (f", keyframe every {args.gop} frames" if args.gop else "")
+    kind = ("without noise" if args.no_noise else "with temporal noise") + (
+        f", keyframe every {args.gop} frames" if args.gop else ""
+    )
     sets = [(f"{args.videos} generated clips ({args.seconds:g} s, 30 fps, 320×240, {kind})", clips)]
     if SAMPLES.is_dir() and not args.no_samples:
         # corrupted.mp4 fails OpenCV's route half-way and would time only part of the work; kept in ours
         samples = sorted(p for p in SAMPLES.iterdir() if p.name != "corrupted.mp4")
         sets.append((f"{len(samples)} real samples of shared/data/videos (mp4, webm, mkv, avi, mov)", samples))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}; "
-          f"{args.num_frames} frames at {args.size} px per video")
-    print("| videos | public route: videos/s | ours, decoder auto (decord): videos/s, ratio | "
-          f"ours, decoder pyav: videos/s, ratio | frames per video (ours / public) | our stage, {args.workers} workers, pyav: videos/s |")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}; "
+        f"{args.num_frames} frames at {args.size} px per video"
+    )
+    print(
+        "| videos | public route: videos/s | ours, decoder auto (decord): videos/s, ratio | "
+        f"ours, decoder pyav: videos/s, ratio | frames per video (ours / public) | our stage, {args.workers} workers, pyav: videos/s |"
+    )
     print("|---|---|---|---|---|---|")
     for label, paths in sets:
         with tempfile.TemporaryDirectory() as scratch:
@@ -134,9 +177,11 @@ def main() -> None:
             t_pyav, _ = timed(ours, paths, args.num_frames, args.size, "pyav")
             parallel = stage_parallel(paths, args.num_frames, args.size, args.workers, Path(scratch), "pyav")
         same = "same" if n_ours == n_pub else f"differ: {sum(a != b for a, b in zip(n_ours, n_pub, strict=True))} videos"
-        print(f"| {label} | {len(paths) / t_pub:.1f} | {len(paths) / t_auto:.1f}, {t_pub / t_auto:.1f}× | "
-              f"{len(paths) / t_pyav:.1f}, {t_pub / t_pyav:.1f}× | {np.mean(n_ours):.1f} / {np.mean(n_pub):.1f} ({same}) | "
-              f"{parallel:.1f} |")
+        print(
+            f"| {label} | {len(paths) / t_pub:.1f} | {len(paths) / t_auto:.1f}, {t_pub / t_auto:.1f}× | "
+            f"{len(paths) / t_pyav:.1f}, {t_pub / t_pyav:.1f}× | {np.mean(n_ours):.1f} / {np.mean(n_pub):.1f} ({same}) | "
+            f"{parallel:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -101,14 +101,18 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    print(f"device: {name}; torch {torch.__version__}; {cfg['model']}; precision {args.precision if device.type == 'cuda' else 'fp32 (CPU)'}")
+    print(
+        f"device: {name}; torch {torch.__version__}; {cfg['model']}; precision {args.precision if device.type == 'cuda' else 'fp32 (CPU)'}"
+    )
     print()
     print("| measurement | value |")
     print("|---|---:|")
     for what, fps in caching_throughput(cfg, device, args.precision).items():
         print(f"| feature caching, {what} | {fps:,.0f} frames/s |", flush=True)
     steps, videos = training_throughput(cfg, device, args.precision)
-    print(f"| MASCOT training, batch {cfg['batch']} × {cfg['frames']} frames, K = {cfg['blocks']} | {steps:.2f} steps/s ({videos:,.0f} videos/s) |")
+    print(
+        f"| MASCOT training, batch {cfg['batch']} × {cfg['frames']} frames, K = {cfg['blocks']} | {steps:.2f} steps/s ({videos:,.0f} videos/s) |"
+    )
     if device.type == "cuda":
         print(f"| peak GPU memory | {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB |")
 

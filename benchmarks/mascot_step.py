@@ -30,7 +30,9 @@ from mascot.train import optimizer_for
 DEFAULT_CONFIGS = {"mascot-tiny": (32, 8, 4, 32), "ViT-B-32": (4, 12, 12, 32)}
 
 
-def step_times(variant: VariantConfig, model_name: str, batch: int, frames: int, blocks: int, words: int, repeats: int, warmup: int) -> list[float]:
+def step_times(
+    variant: VariantConfig, model_name: str, batch: int, frames: int, blocks: int, words: int, repeats: int, warmup: int
+) -> list[float]:
     clip = create_clip(ClipConfig(model=model_name))
     size = model_config(model_name)["vision_cfg"]["image_size"]
     with torch.no_grad():
@@ -70,7 +72,9 @@ def main() -> None:
 
     base = VariantConfig(temporal="meanP")
     mascot = VariantConfig(temporal="meanP", mask=MaskConfig())
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU"
+    )
     print()
     print("| model | K / L | batch × frames | baseline step (s) | MASCOT step (s) | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -79,7 +83,9 @@ def main() -> None:
         batch, frames, blocks = args.batch or batch, args.frames or frames, args.blocks or blocks
         b = statistics.median(step_times(base, name, batch, frames, blocks, words, args.repeats, args.warmup))
         m = statistics.median(step_times(mascot, name, batch, frames, blocks, words, args.repeats, args.warmup))
-        print(f"| {name} | {blocks} / {vision_layers(name)} | {batch} × {frames} | {b:.3f} | {m:.3f} | {m / b:.2f}× |", flush=True)
+        print(
+            f"| {name} | {blocks} / {vision_layers(name)} | {batch} × {frames} | {b:.3f} | {m:.3f} | {m / b:.2f}× |", flush=True
+        )
 
 
 if __name__ == "__main__":

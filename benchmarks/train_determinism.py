@@ -128,8 +128,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--variant", default="mascot")
     parser.add_argument(
-        "--frames", type=int, default=8,
-        help="frames per video (default 8, as params.yaml: shorter videos are padded, so the valid frames per batch vary)",
+        "--frames",
+        type=int,
+        default=8,
+        help="frames per video (default 8: shorter videos are padded, so the valid frames per batch vary)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each run (default: torch's own)")
     parser.add_argument("--index-probe", action="store_true", help="only probe the index backward")
@@ -148,11 +150,22 @@ def main() -> None:
         runs = [work / "run-a", work / "run-b"]
         for out in runs:
             out.mkdir()
-            command = [sys.executable, __file__, "--variant", args.variant, "--child", str(params_path), str(features_dir), str(out)]
+            command = [
+                sys.executable,
+                __file__,
+                "--variant",
+                args.variant,
+                "--child",
+                str(params_path),
+                str(features_dir),
+                str(out),
+            ]
             if args.threads:
                 command += ["--threads", str(args.threads)]
             subprocess.run(command, check=True, cwd=work)
-        print(f"| {args.variant}, {args.frames} frames, two fresh runs, threads {args.threads or torch.get_num_threads()} | {compare(*runs)} |")
+        print(
+            f"| {args.variant}, {args.frames} frames, two fresh runs, threads {args.threads or torch.get_num_threads()} | {compare(*runs)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     depth = vision_layers(args.model)
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.model}, batch {args.batch} × {args.frames} frames")
+    print(
+        f"machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.model}, batch {args.batch} × {args.frames} frames"
+    )
     print()
     print("| K (trainable blocks) | step (s) | vs all |")
     print("|---:|---:|---:|")
@@ -40,7 +42,9 @@ def main() -> None:
     for k in sorted({depth, 4, 2, 1}, reverse=True):
         if k > depth:
             continue
-        seconds = statistics.median(step_times(VariantConfig(temporal="meanP"), args.model, args.batch, args.frames, k, 32, args.repeats, args.warmup))
+        seconds = statistics.median(
+            step_times(VariantConfig(temporal="meanP"), args.model, args.batch, args.frames, k, 32, args.repeats, args.warmup)
+        )
         base = base or seconds
         label = f"{k} (all)" if k == depth else str(k)
         print(f"| {label} | {seconds:.3f} | {seconds / base:.2f}× |", flush=True)

@@ -19,7 +19,10 @@ from mascot.config import ClipConfig, MaskConfig, VariantConfig
 from mascot.model import RetrievalModel
 from mascot.objective import Objective
 
-VARIANTS = {"base": VariantConfig(temporal="meanP"), "mascot": VariantConfig(temporal="seqTransf", temporal_layers=2, mask=MaskConfig())}
+VARIANTS = {
+    "base": VariantConfig(temporal="meanP"),
+    "mascot": VariantConfig(temporal="seqTransf", temporal_layers=2, mask=MaskConfig()),
+}
 
 
 def global_batch(b: int = 6, t: int = 3, words: int = 10):

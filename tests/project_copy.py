@@ -30,7 +30,11 @@ def sh(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
 def copy_project(dest: Path) -> Path:
     """The project's tracked files (no results, data, models or lock) with the tiny preset, committed."""
     files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for name in filter(None, files):
         if name.startswith(("results/", "data/", "models/")) or name == "dvc.lock" or not (REPO / name).is_file():

@@ -48,10 +48,12 @@ def write_lsmdc(ann: Path) -> None:
 
 
 def _anet(videos: dict[str, list[tuple[float, float, str]]]) -> str:
-    return json.dumps({
-        v: {"duration": 100.0, "timestamps": [[s, e] for s, e, _ in segs], "sentences": [t for _, _, t in segs]}
-        for v, segs in videos.items()
-    })
+    return json.dumps(
+        {
+            v: {"duration": 100.0, "timestamps": [[s, e] for s, e, _ in segs], "sentences": [t for _, _, t in segs]}
+            for v, segs in videos.items()
+        }
+    )
 
 
 def write_activitynet(ann: Path) -> None:
@@ -78,13 +80,21 @@ def write_didemo(ann: Path) -> None:
         entries = []
         for v in videos:
             for k in range(2):
-                entries.append({"annotation_id": aid, "description": f"{v} moment {k}", "video": v,
-                                "times": [[k, k + 1], [k, k], [0, 1], [k, k + 1]], "num_segments": 6,
-                                "dl_link": "https://www.flickr.com/video_download.gne?id=1"})
+                entries.append(
+                    {
+                        "annotation_id": aid,
+                        "description": f"{v} moment {k}",
+                        "video": v,
+                        "times": [[k, k + 1], [k, k], [0, 1], [k, k + 1]],
+                        "num_segments": 6,
+                        "dl_link": "https://www.flickr.com/video_download.gne?id=1",
+                    }
+                )
                 aid += 1
         (ann / f"{split}_data.json").write_text(json.dumps(entries))
-        (ann / f"{split}_list.txt").write_text("".join(f"{v}\n" for v in videos[:-1] if split != "train") if split != "train"
-                                                else "".join(f"{v}\n" for v in videos))
+        (ann / f"{split}_list.txt").write_text(
+            "".join(f"{v}\n" for v in videos[:-1] if split != "train") if split != "train" else "".join(f"{v}\n" for v in videos)
+        )
     (ann / "yfcc100m_hash.txt").write_text("".join(f"{1000 + i}\t{i:03d}abc{i}def\n" for i in range(1, 9)))
 
 

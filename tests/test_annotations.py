@@ -8,8 +8,24 @@ from mascot.errors import MascotError
 
 def _table(**overrides):
     rows = [
-        {"video_id": "v1", "split": "train", "caption_id": "c1", "caption": " a cat ", "start": np.nan, "end": np.nan, "video_path": "v1.mp4"},
-        {"video_id": "v0", "split": "test", "caption_id": "c0", "caption": "a dog", "start": 1.0, "end": 2.0, "video_path": "v0.mp4"},
+        {
+            "video_id": "v1",
+            "split": "train",
+            "caption_id": "c1",
+            "caption": " a cat ",
+            "start": np.nan,
+            "end": np.nan,
+            "video_path": "v1.mp4",
+        },
+        {
+            "video_id": "v0",
+            "split": "test",
+            "caption_id": "c0",
+            "caption": "a dog",
+            "start": 1.0,
+            "end": 2.0,
+            "video_path": "v0.mp4",
+        },
     ]
     df = pd.DataFrame(rows)
     for k, v in overrides.items():

@@ -8,7 +8,9 @@ from .conftest import REPO
 
 
 def _run(*args: str) -> str:
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -26,8 +28,18 @@ def test_mascot_step_benchmark_prints_the_ratio():
 
 
 def test_frame_extraction_benchmark_compares_both_routes(tmp_path):
-    out = _run("benchmarks/frame_extraction.py", "--videos", "2", "--seconds", "4", "--no-samples", "--workers", "1",
-               "--cache", str(tmp_path))
+    out = _run(
+        "benchmarks/frame_extraction.py",
+        "--videos",
+        "2",
+        "--seconds",
+        "4",
+        "--no-samples",
+        "--workers",
+        "1",
+        "--cache",
+        str(tmp_path),
+    )
     row = next(line for line in out.splitlines() if line.startswith("| 2 generated clips"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2].endswith("×") and cells[3].endswith("×")

@@ -49,8 +49,17 @@ def test_registry_and_checks():
 def test_local_checkpoint_is_loaded(tmp_path, clip):
     path = tmp_path / "tiny.pt"
     torch.save(clip.state_dict(), path)
-    loaded = create_clip(ClipConfig(model="mascot-tiny", pretrained=str(path)))
+    loaded = create_clip(ClipConfig(model="mascot-tiny", pretrained=str(path), weights_activation="gelu"))
     torch.testing.assert_close(loaded.visual.proj, clip.visual.proj)
+
+
+def test_a_state_dict_file_must_say_its_activation(tmp_path, clip):
+    path = tmp_path / "tiny.pt"
+    torch.save(clip.state_dict(), path)
+    with pytest.raises(ConfigError, match="state-dict file, which does not record the activation.*clip.weights_activation"):
+        create_clip(ClipConfig(model="mascot-tiny", pretrained=str(path)))
+    with pytest.raises(ConfigError, match=r"trained with QuickGELU.*quick_gelu.: true"):  # no -quickgelu sibling config
+        create_clip(ClipConfig(model="mascot-tiny", pretrained=str(path), weights_activation="quick_gelu"))
 
 
 def test_unavailable_pretrained_tag_is_a_clear_error():
@@ -68,7 +77,10 @@ def _preset_models() -> dict[str, str]:
 
     from .conftest import REPO
 
-    return {name: spec["clip.model"] for name, spec in yaml.safe_load((REPO / "presets/presets.yaml").read_text())["backbones"].items()}
+    return {
+        name: spec["clip.model"]
+        for name, spec in yaml.safe_load((REPO / "presets/presets.yaml").read_text())["backbones"].items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +89,20 @@ def vit_b_32_quickgelu():
 
 
 @pytest.mark.parametrize("backbone", ["vit-b-32", "vit-b-16"])
-def test_every_preset_backbone_builds_the_activation_of_openai_weights(backbone):
+def test_every_preset_backbone_builds_the_activation_of_openai_weights(backbone, monkeypatch):
     from open_clip.transformer import QuickGELU
 
+    from mascot import presets
     from mascot.clip_model import check_activation
 
-    cfg = ClipConfig(model=_preset_models()[backbone], pretrained="openai")
-    check_activation(cfg)  # no error: the registry's tag and the config agree
-    model = create_clip(cfg.model_copy(update={"pretrained": None}))
+    from .conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    composed = [presets.overrides(name) for name in presets.names() if name.endswith(backbone)]
+    assert len(composed) == 4 and all(o["clip.pretrained"] == "openai" for o in composed)
+    for o in composed:  # every preset's own pair: the registry's tag and the config agree
+        check_activation(ClipConfig(model=o["clip.model"], pretrained=o["clip.pretrained"]))
+    model = create_clip(ClipConfig(model=composed[0]["clip.model"]))
     for tower in (model.visual.transformer, model.transformer):
         assert all(isinstance(block.mlp.gelu, QuickGELU) for block in tower.resblocks)
 
@@ -112,7 +130,9 @@ def test_open_clip_state_dict_file_loads_into_the_preset_model(tmp_path, vit_b_3
     state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in vit_b_32_quickgelu.state_dict().items()}
     path = tmp_path / "open_clip_pytorch_model.bin"
     torch.save(state, path)
-    loaded = create_clip(ClipConfig(model=_preset_models()["vit-b-32"], pretrained=str(path)))
+    with pytest.raises(ConfigError, match=r"trained with QuickGELU.*`clip.model: ViT-B-32-quickgelu`"):
+        create_clip(ClipConfig(model="ViT-B-32", pretrained=str(path), weights_activation="quick_gelu"))
+    loaded = create_clip(ClipConfig(model=_preset_models()["vit-b-32"], pretrained=str(path), weights_activation="quick_gelu"))
     _assert_every_tensor_equal(loaded, state)
 
 
@@ -131,6 +151,14 @@ class _Holder(torch.nn.Module):
         for name, sub in children.items():
             self.add_module(name, _Holder(sub))
 
+    @classmethod
+    def openai_archive(cls, state: dict) -> "_Holder":
+        """OpenAI's archives also hold three integer entries that open_clip drops on loading."""
+        holder = cls(state)
+        for name, value in (("input_resolution", 224), ("context_length", 77), ("vocab_size", 49408)):
+            holder.register_buffer(name, torch.tensor(value))
+        return holder
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
@@ -142,7 +170,8 @@ def test_openai_torchscript_archive_loads_into_the_preset_model(tmp_path, vit_b_
     # OpenAI ships fp16 weights; open_clip's CLIP uses OpenAI's parameter names.
     state = {k: torch.randn_like(v).half() for k, v in vit_b_32_quickgelu.state_dict().items() if v.is_floating_point()}
     path = tmp_path / "ViT-B-32.pt"
-    torch.jit.save(torch.jit.script(_Holder(state)), str(path))
+    torch.jit.save(torch.jit.script(_Holder.openai_archive(state)), str(path))
+    assert "input_resolution" in torch.jit.load(str(path)).state_dict()
     assert is_torchscript_archive(path)
     with pytest.raises(ConfigError, match="TorchScript archive"):
         create_clip(ClipConfig(model="ViT-B-32", pretrained=str(path)))

@@ -64,8 +64,23 @@ def test_cli_reports_schema_error_without_traceback(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     proc = subprocess.run(
-        [sys.executable, "-m", "mascot", "--params", str(params), "tables", "--dataset", "synthetic", "--metrics", "m", "--out", "o"],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "mascot",
+            "--params",
+            str(params),
+            "tables",
+            "--dataset",
+            "synthetic",
+            "--metrics",
+            "m",
+            "--out",
+            "o",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
     assert "frames.max_failed_fraction" in proc.stderr
@@ -83,7 +98,9 @@ def test_variant_overrides_are_validated_against_mascot_settings():
     raw["variant_defs"]["random_masks"]["mask"] = {"score": "randm", "ration": 0.3}
     with pytest.raises(ConfigError) as err:
         parse_params(raw)
-    assert "`variant_defs.random_masks.mask.score`" in str(err.value) and "`variant_defs.random_masks.mask.ration`" in str(err.value)
+    assert "`variant_defs.random_masks.mask.score`" in str(err.value) and "`variant_defs.random_masks.mask.ration`" in str(
+        err.value
+    )
     raw = tiny_params_dict()
     raw["variant_defs"]["meanP"]["isc"] = {"weight": 0.0}
     with pytest.raises(ConfigError, match="variant_defs.meanP.*objective: mascot"):
@@ -153,7 +170,11 @@ def default_mismatches(raw: dict, section: BaseModel, default: BaseModel | None,
     found = []
     for key, value in raw.items():
         field, current = type(section).model_fields[key], getattr(section, key)
-        own = getattr(default, key) if default is not None else (None if field.is_required() else field.get_default(call_default_factory=True))
+        own = (
+            getattr(default, key)
+            if default is not None
+            else (None if field.is_required() else field.get_default(call_default_factory=True))
+        )
         if isinstance(current, BaseModel) and isinstance(value, dict):
             found += default_mismatches(value, current, own, f"{where}{key}.")
         elif own is not None or not field.is_required():
@@ -175,7 +196,9 @@ def test_schema_defaults_equal_params_yaml():
     """One set of defaults (see config.py): a key deleted from params.yaml falls back to the same value."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     mismatches = params_default_mismatches(raw)
-    assert not mismatches, "schema defaults (config.py, the dataset entries) differ from params.yaml:\n  " + "\n  ".join(mismatches)
+    assert not mismatches, "schema defaults (config.py, the dataset entries) differ from params.yaml:\n  " + "\n  ".join(
+        mismatches
+    )
 
 
 def test_a_default_that_differs_from_params_yaml_is_found():
@@ -207,3 +230,16 @@ def test_params_yaml_states_every_setting():
     assert unstated_keys(raw, Params) == []
     del raw["train"]["grad_clip"], raw["mascot"]["isc"]["heads"]
     assert unstated_keys(raw, Params) == ["train.grad_clip", "mascot.isc.heads"]
+
+
+def test_masked_ablation_variants_count_for_the_features_cache():
+    """K is one setting for the features cache: a masked ablation row needs K = L even when `variants`
+    has only base models, and the features stage (check_split over masked_variants) says so first."""
+    from mascot.clip_model import check_split
+
+    raw = tiny_params_dict()
+    raw["variants"], raw["ablation"]["variants"], raw["train"]["trainable_blocks"] = ["meanP"], ["isc_both"], 2
+    params = parse_params(raw)
+    assert params.masked_variants() == ["isc_both"]
+    with pytest.raises(ConfigError, match=r"`isc_both`.*`train.trainable_blocks: 4`"):
+        check_split(params.clip.model, params.train.trainable_blocks, params.masked_variants())

@@ -158,7 +158,10 @@ def test_every_citation_resolves_inside_the_repository(name):
     [
         ("see method.md §2.1", [("method.md", "no such file in the repository")]),
         ('docs/model.md, section "No such part"', [("docs/model.md", 'docs/model.md has no section "No such part"')]),
-        ("[the model](docs/model.md#nowhere)", [("docs/model.md#nowhere", "docs/model.md has no heading with the anchor #nowhere")]),
+        (
+            "[the model](docs/model.md#nowhere)",
+            [("docs/model.md#nowhere", "docs/model.md has no heading with the anchor #nowhere")],
+        ),
         ("[up](../outside.md)", [("../outside.md", "no such file in the repository")]),
         ('[ok](docs/model.md#variants-and-tables), docs/model.md, section "Variants and tables", model.md', []),
         ("https://example.org/notes.md is a URL, not a citation", []),

@@ -138,8 +138,13 @@ def test_served_archive_end_to_end(tmp_path):
     blob = _zip({"msrvtt_data/MSRVTT_train.9k.csv": b"video_id\nvideo1\n"})
     with serve({"/msrvtt_data.zip": blob}) as srv:
         srv.cut_next["/msrvtt_data.zip"] = len(blob) // 2
-        path = fetch(f"{srv.url}/msrvtt_data.zip", tmp_path / "cache" / "a.zip",
-                     "sha256:" + hashlib.sha256(blob).hexdigest(), backoff=0.01, progress=False)
+        path = fetch(
+            f"{srv.url}/msrvtt_data.zip",
+            tmp_path / "cache" / "a.zip",
+            "sha256:" + hashlib.sha256(blob).hexdigest(),
+            backoff=0.01,
+            progress=False,
+        )
     safe_extract(path, tmp_path / "raw", root="msrvtt_data")
     assert (tmp_path / "raw" / "MSRVTT_train.9k.csv").read_text() == "video_id\nvideo1\n"
 
@@ -155,7 +160,15 @@ def test_a_host_that_does_not_resolve_fails_at_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     with pytest.raises(DownloadError) as info:
-        fetch("http://example.invalid/a.zip", tmp_path / "a.zip", None, retries=4, backoff=30.0, progress=False, what="data.x.files.a")
+        fetch(
+            "http://example.invalid/a.zip",
+            tmp_path / "a.zip",
+            None,
+            retries=4,
+            backoff=30.0,
+            progress=False,
+            what="data.x.files.a",
+        )
     message = str(info.value)
     assert len(calls) == 1 and "cannot be resolved (Name or service not known)" in message and "offline" in message
     assert "nothing was fetched yet" in message and ".part" not in message

@@ -124,7 +124,9 @@ def test_dvc_remote_push_then_pull_in_a_fresh_clone(smk_repo, tmp_path):
     sh(["dvc", "pull"], clone)
     assert dvc_stale(clone) == set()
     assert dvc_ran(sh(["dvc", "repro"], clone)) == set()
-    assert (clone / "models" / "synthetic" / "mascot-seed0.pt").read_bytes() == (smk_repo / "models" / "synthetic" / "mascot-seed0.pt").read_bytes()
+    assert (clone / "models" / "synthetic" / "mascot-seed0.pt").read_bytes() == (
+        smk_repo / "models" / "synthetic" / "mascot-seed0.pt"
+    ).read_bytes()
     # and Snakemake, which keeps its own state, is brought in line with one touch
     sh(["snakemake", "--touch", "--cores", "1"], clone)
     assert snakemake_jobs(clone) == set()

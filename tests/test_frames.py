@@ -150,8 +150,22 @@ def test_interrupted_extraction_resumes_to_identical_output(tmp_path, tiny_raw, 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     out = tmp_path / "frames"
-    cmd = [sys.executable, "-m", "mascot", "--params", str(params), "frames", "--dataset", "synthetic",
-           "--raw", str(tiny_raw), "--annotations", str(tiny_annotations), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mascot",
+        "--params",
+        str(params),
+        "frames",
+        "--dataset",
+        "synthetic",
+        "--raw",
+        str(tiny_raw),
+        "--annotations",
+        str(tiny_annotations),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     work = frames.work_dir(out)
@@ -193,10 +207,20 @@ def test_real_samples_through_the_stage(tmp_path, tiny_params):
     from mascot.annotations import normalize, write_table
 
     videos = sorted(p.name for p in (SHARED_DATA / "videos").iterdir())
-    table = normalize(pd.DataFrame({
-        "video_id": videos, "split": "test", "caption_id": videos, "caption": "a clip",
-        "start": np.nan, "end": np.nan, "video_path": videos,
-    }), "samples")
+    table = normalize(
+        pd.DataFrame(
+            {
+                "video_id": videos,
+                "split": "test",
+                "caption_id": videos,
+                "caption": "a clip",
+                "start": np.nan,
+                "end": np.nan,
+                "video_path": videos,
+            }
+        ),
+        "samples",
+    )
     ann = tmp_path / "annotations.parquet"
     write_table(table, ann)
     out = tmp_path / "frames"

@@ -10,8 +10,12 @@ PRINT_DEVICE = [sys.executable, "-c", "import os, time; time.sleep(0.5); print(o
 
 def test_concurrent_jobs_get_different_gpus(tmp_path):
     procs = [
-        subprocess.Popen([sys.executable, "-m", "mascot.gpu_slot", "--gpus", "2", "--lock-dir", str(tmp_path), "--", *PRINT_DEVICE],
-                         stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
+        subprocess.Popen(
+            [sys.executable, "-m", "mascot.gpu_slot", "--gpus", "2", "--lock-dir", str(tmp_path), "--", *PRINT_DEVICE],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={"PATH": "/usr/bin:/bin"},
+        )
         for _ in range(2)
     ]
     assert sorted(p.communicate(timeout=60)[0].strip() for p in procs) == ["0", "1"]

@@ -108,7 +108,9 @@ def _images(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 4 - 2
 
 
-@pytest.mark.parametrize("k", [1, 2, 4, K], ids=["K1", "K2", "K4=L", "default"])
+@pytest.mark.parametrize(
+    "k", sorted({1, 2, 4, K}), ids=lambda k: f"K{k}" + ("=L" if k == 4 else "") + (" (default)" if k == K else "")
+)
 @pytest.mark.parametrize("name", _masked_variants())
 def test_masked_view_is_bit_identical_when_dropped_pixels_change(name, k):
     from mascot.clip_model import check_split
@@ -137,8 +139,12 @@ def test_masked_view_is_bit_identical_when_dropped_pixels_change(name, k):
             after = objective.model.vision.run(prefix(changed), keep=drop.visible)
             assert torch.equal(before.embedding, after.embedding), view
             assert torch.equal(before.patches, after.patches), view
-            # ... and it is the view the objective trained on
+            # ... and it is the view the objective trained on (its embedding and the patches ISC sees)
             torch.testing.assert_close(before.embedding, step.views[view].embedding, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(before.patches, step.views[view].patches, atol=1e-5, rtol=1e-5)
+            # positive control: changing the *visible* pixels does change the view
+            seen = torch.where(_pixels_of(drop.visible), _images(6, 5), images)
+            assert not torch.equal(objective.model.vision.run(prefix(seen), keep=drop.visible).embedding, before.embedding)
 
 
 def test_dropping_tokens_after_frozen_blocks_would_leak():
@@ -243,10 +249,14 @@ def test_isc_counts_only_masked_positions_of_the_selected_views():
     # Changing the target anywhere outside the high mask (visible patches, low-only patches) changes nothing.
     outside = torch.ones(6, 16, dtype=torch.bool)
     outside[torch.arange(6)[:, None], masks.high.masked] = False
-    changed = dict(views, full=TowerOutput(views["full"].embedding, views["full"].patches.masked_fill(outside[..., None], 5.0), None))
+    changed = dict(
+        views, full=TowerOutput(views["full"].embedding, views["full"].patches.masked_fill(outside[..., None], 5.0), None)
+    )
     torch.testing.assert_close(objective.completion(changed, masks, *text), base)
     # Changing the target at a high-masked position does.
-    inside = dict(views, full=TowerOutput(views["full"].embedding, views["full"].patches.masked_fill(~outside[..., None], 5.0), None))
+    inside = dict(
+        views, full=TowerOutput(views["full"].embedding, views["full"].patches.masked_fill(~outside[..., None], 5.0), None)
+    )
     assert not torch.allclose(objective.completion(inside, masks, *text), base)
 
 
@@ -270,7 +280,11 @@ def test_every_variant_of_params_gives_finite_losses():
         objective, _ = _objective(variant)
         step = objective.train().step(tokens, mask, text)
         assert all(torch.isfinite(v) for v in step.terms.values()), name
-        expected = {"nce", "loss"} | ({"nce_masked", "kl"} if variant.mask else set()) | ({"isc"} if variant.mask and variant.isc.weight else set())
+        expected = (
+            {"nce", "loss"}
+            | ({"nce_masked", "kl"} if variant.mask else set())
+            | ({"isc"} if variant.mask and variant.isc.weight else set())
+        )
         assert set(step.terms) == expected, name
         step.terms["loss"].backward()
         assert all(torch.isfinite(p.grad).all() for p in objective.parameters() if p.grad is not None), name

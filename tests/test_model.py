@@ -85,5 +85,7 @@ def test_optimizer_betas_eps_and_clip4clip_no_decay_rule():
 
 
 def test_adam_betas_out_of_range_is_a_config_error():
-    with pytest.raises(Exception, match="betas"):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="betas"):
         TrainConfig(adam_betas=(0.9, 1.0))

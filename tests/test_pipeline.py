@@ -66,9 +66,10 @@ def test_a_mascot_setting_reruns_only_mascot(repo):
 def test_num_frames_edit_reruns_frames_onwards(repo):
     set_param(repo, "frames.num_frames", 3)
     stages = dvc_ran(sh(["dvc", "repro"], repo))
-    expected = {"frames@synthetic", "features@synthetic", "tables@synthetic"} | ABLATION | {
-        f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")
-    }
+    expected = (
+        {"frames@synthetic", "features@synthetic", "tables@synthetic"}
+        | ABLATION
+        | {f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")}
+    )
     assert stages == expected
     assert "up to date" in sh(["dvc", "status"], repo)
-

@@ -86,7 +86,9 @@ def test_dvc_keeps_the_later_override_and_temp_leaves_params_untouched(tmp_path)
     shutil.copy(REPO / "params.yaml", tmp_path)
     show = "import yaml; p = yaml.safe_load(open('params.yaml')); print(p['clip']['pretrained'], p['train']['epochs'])"
     (tmp_path / "dvc.yaml").write_text(
-        yaml.safe_dump({"stages": {"show": {"cmd": f'python -c "{show}" > out.txt', "params": ["clip", "train"], "outs": ["out.txt"]}}})
+        yaml.safe_dump(
+            {"stages": {"show": {"cmd": f'python -c "{show}" > out.txt', "params": ["clip", "train"], "outs": ["out.txt"]}}}
+        )
     )
     sh(["git", "init", "-q"], tmp_path)
     sh(["dvc", "init", "-q"], tmp_path)

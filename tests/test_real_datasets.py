@@ -167,9 +167,9 @@ def test_real_didemo_counts(tmp_path):
     # train_data.json (4 MiB) is not among the shared files: one made-up moment per listed video.
     names = (raw / "annotations" / "train_list.txt").read_text().split("\n")[:-1]
     assert len(names) == 8392
-    (raw / "annotations" / "train_data.json").write_text(json.dumps(
-        [{"annotation_id": 10**6 + i, "description": "d", "video": v, "times": [[0, 0]]} for i, v in enumerate(names)]
-    ))
+    (raw / "annotations" / "train_data.json").write_text(
+        json.dumps([{"annotation_id": 10**6 + i, "description": "d", "video": v, "times": [[0, 0]]} for i, v in enumerate(names)])
+    )
     c = counts(dataset("didemo").read_annotations(raw))
     assert c == {"train": (8392, 8392), "val": (1065, 1065), "test": (1004, 1004)}
     s = counts(dataset("didemo", paragraph=False).read_annotations(raw))
@@ -189,7 +189,9 @@ def test_the_entries_register_checksums():
     assert {name for name, _, _ in REGISTERED_CHECKSUMS} == {"msrvtt", "activitynet", "didemo"}  # LSMDC: placed by hand
 
 
-@pytest.mark.parametrize(("name", "member", "checksum"), REGISTERED_CHECKSUMS, ids=[f"{n}/{m}" for n, m, _ in REGISTERED_CHECKSUMS])
+@pytest.mark.parametrize(
+    ("name", "member", "checksum"), REGISTERED_CHECKSUMS, ids=[f"{n}/{m}" for n, m, _ in REGISTERED_CHECKSUMS]
+)
 def test_real_files_match_the_registered_checksums(name, member, checksum):
     from mascot.download import verify
 
@@ -244,8 +246,14 @@ def test_didemo_videos_are_downloaded_per_video(tmp_path):
     gone = listed[0]
     del served[next(k for k in served if hashes[gone.split("_")[1]] in k)]  # gone upstream, as 13 real ones
     with serve(served) as srv:
-        ds = dataset("didemo", source_dir=str(source), files=unchecked_files("didemo"), video_url=srv.url + "/mp4/{p1}/{p2}/{hash}.mp4",
-                     max_missing_fraction=0.2, download_workers=2)
+        ds = dataset(
+            "didemo",
+            source_dir=str(source),
+            files=unchecked_files("didemo"),
+            video_url=srv.url + "/mp4/{p1}/{p2}/{hash}.mp4",
+            max_missing_fraction=0.2,
+            download_workers=2,
+        )
         ds.download(tmp_path / "raw", tmp_path / "cache")
     raw = tmp_path / "raw"
     assert (raw / MISSING).read_text() == f"{gone}.mp4\n"
@@ -263,10 +271,14 @@ def test_msrvtt_download_from_overridden_urls(tmp_path):
     }
     members = unchecked_files("msrvtt")["annotations"]["members"]  # the fixture files are not the released ones
     with serve(served) as srv:
-        ds = dataset("msrvtt", val_videos=2, files={
-            "annotations": {"url": srv.url + "/msrvtt_data.zip", "members": members},
-            "videos": {"url": srv.url + "/MSRVTT.zip"},
-        })
+        ds = dataset(
+            "msrvtt",
+            val_videos=2,
+            files={
+                "annotations": {"url": srv.url + "/msrvtt_data.zip", "members": members},
+                "videos": {"url": srv.url + "/MSRVTT.zip"},
+            },
+        )
         assert ds.config.files["annotations"].root == "msrvtt_data"  # defaults kept under an override
         ds.download(tmp_path / "raw", tmp_path / "cache")
     assert (tmp_path / "raw" / "videos" / "video21.mp4").read_bytes() == b"video21"
@@ -308,8 +320,11 @@ def test_a_placed_subset_names_the_exact_key_and_the_switch(tmp_path, capsys):
     WRITERS["msrvtt"](ann)
     with serve({"/msrvtt_data.zip": _zip({f"msrvtt_data/{p.name}": p.read_bytes() for p in ann.iterdir()})}) as srv:
         ds = dataset("msrvtt", verify_placed=False, files={"annotations": {"url": srv.url + "/msrvtt_data.zip"}})
-        with pytest.raises(MascotError, match=r"checksum mismatch for MSRVTT_train.9k.csv.*download it again.*"
-                           r"members.train_9k.checksum=null"):
+        with pytest.raises(
+            MascotError,
+            match=r"checksum mismatch for MSRVTT_train.9k.csv.*download it again.*"
+            r"members.train_9k.checksum=null",
+        ):
             ds.download(tmp_path / "raw-dl", tmp_path / "cache")
 
 
@@ -373,10 +388,35 @@ def test_a_real_dataset_entry_runs_through_every_stage(tmp_path, tiny_raw):
     steps = [
         ["download", "--dataset", "lsmdc", "--out", f"{d}/raw"],
         ["annotations", "--dataset", "lsmdc", "--raw", f"{d}/raw", "--out", f"{d}/annotations.parquet"],
-        ["frames", "--dataset", "lsmdc", "--raw", f"{d}/raw", "--annotations", f"{d}/annotations.parquet", "--out", f"{d}/frames"],
+        [
+            "frames",
+            "--dataset",
+            "lsmdc",
+            "--raw",
+            f"{d}/raw",
+            "--annotations",
+            f"{d}/annotations.parquet",
+            "--out",
+            f"{d}/frames",
+        ],
         ["features", "--annotations", f"{d}/annotations.parquet", "--frames", f"{d}/frames", "--out", f"{d}/features"],
-        ["train", "--features", f"{d}/features", "--dataset", "lsmdc", "--variant", "meanP", "--seed", "0",
-         "--model-out", f"{tmp_path}/model.pt", "--log-out", f"{tmp_path}/log.csv", "--state-dir", f"{tmp_path}/state"],
+        [
+            "train",
+            "--features",
+            f"{d}/features",
+            "--dataset",
+            "lsmdc",
+            "--variant",
+            "meanP",
+            "--seed",
+            "0",
+            "--model-out",
+            f"{tmp_path}/model.pt",
+            "--log-out",
+            f"{tmp_path}/log.csv",
+            "--state-dir",
+            f"{tmp_path}/state",
+        ],
         ["evaluate", "--features", f"{d}/features", "--model", f"{tmp_path}/model.pt", "--out", f"{tmp_path}/metrics.json"],
     ]
     for step in steps:

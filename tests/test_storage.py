@@ -19,7 +19,9 @@ def test_too_little_free_space_fails_before_decoding(tmp_path, tiny_raw, tiny_an
     free = shutil.disk_usage(tmp_path)._replace(free=600_000)
     monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: free)
     out = tmp_path / "frames"
-    with pytest.raises(MascotError, match=r"The frames stage needs 1\.4 MB in .*\.frames\.partial, but only 0\.6 MB is free there\. Free space"):
+    with pytest.raises(
+        MascotError, match=r"The frames stage needs 1\.4 MB in .*\.frames\.partial, but only 0\.6 MB is free there\. Free space"
+    ):
         frames.run(_params(tiny_params, workers=1), tiny_annotations, tiny_raw / "videos", out)
     assert not out.exists() and not list(frames.work_dir(out).glob("*.npy"))  # nothing decoded
 
@@ -32,13 +34,17 @@ def test_features_check_the_space_too(tmp_path, tiny_frames, tiny_annotations, t
     assert not (tmp_path / "features").exists()
 
 
-def test_a_full_disk_while_writing_is_the_usual_error_not_a_signal(tmp_path, tiny_raw, tiny_annotations, tiny_params, monkeypatch):
+def test_a_full_disk_while_writing_is_the_usual_error_not_a_signal(
+    tmp_path, tiny_raw, tiny_annotations, tiny_params, monkeypatch
+):
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(storage.os, "posix_fallocate", full)
     out = tmp_path / "frames"
-    with pytest.raises(MascotError, match=r"frames: the disk of .*\.frames\.partial is full \(No space left on device\); nothing half-written"):
+    with pytest.raises(
+        MascotError, match=r"frames: the disk of .*\.frames\.partial is full \(No space left on device\); nothing half-written"
+    ):
         frames.run(_params(tiny_params, workers=1), tiny_annotations, tiny_raw / "videos", out)
     assert not out.exists() and list(frames.work_dir(out).iterdir()) == []  # no shard was taken for finished
 
@@ -76,7 +82,10 @@ def test_decoder_messages_name_the_video(tmp_path, tiny_raw, tiny_annotations, t
 
     def noisy(path, *args, **kwargs):
         if path.name == victim:  # what FFmpeg writes straight to the process's stderr
-            os.write(2, b"[h264 @ 0x55d1] Invalid NAL unit size (1234 > 567).\n[h264 @ 0x55d1] Error splitting the input into NAL units.\n")
+            os.write(
+                2,
+                b"[h264 @ 0x55d1] Invalid NAL unit size (1234 > 567).\n[h264 @ 0x55d1] Error splitting the input into NAL units.\n",
+            )
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(frames, "read_clip", noisy)

@@ -15,7 +15,15 @@ def _values(r1):
 
 
 def _write(metrics_dir, variant, seed, r1, dataset="synthetic", dsl_r1=None):
-    data = {"dataset": dataset, "variant_name": variant, "seed": seed, "num_videos": 48, "num_captions": 96, "t2v": _values(r1), "v2t": _values(r1)}
+    data = {
+        "dataset": dataset,
+        "variant_name": variant,
+        "seed": seed,
+        "num_videos": 48,
+        "num_captions": 96,
+        "t2v": _values(r1),
+        "v2t": _values(r1),
+    }
     if dsl_r1 is not None:
         data["dsl"] = {"t2v": _values(dsl_r1), "v2t": _values(dsl_r1), "scale": 100.0}
     path = metrics_dir / dataset / f"{variant}-seed{seed}.json"
@@ -25,7 +33,9 @@ def _write(metrics_dir, variant, seed, r1, dataset="synthetic", dsl_r1=None):
 
 def _params(tiny_params, **update):
     ablation = tiny_params.ablation.model_copy(update={"variants": ["random_masks", "attention_masks", "isc_both", "isc_high"]})
-    return tiny_params.model_copy(update={"seeds": [0, 1], "variants": ["meanP", "seqTransf", "mascot"], "ablation": ablation} | update)
+    return tiny_params.model_copy(
+        update={"seeds": [0, 1], "variants": ["meanP", "seqTransf", "mascot"], "ablation": ablation} | update
+    )
 
 
 def test_tables_mean_std_order_and_layout(tmp_path, tiny_params):
@@ -47,7 +57,11 @@ def test_tables_mean_std_order_and_layout(tmp_path, tiny_params):
     )
     md = (out / "synthetic" / "main.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
-    assert [r.split(" | ")[0] for r in rows] == ["| CLIP4Clip-meanP (baseline)", "| CLIP4Clip-seqTransf (baseline)", "| MASCOT (meanP)"]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| CLIP4Clip-meanP (baseline)",
+        "| CLIP4Clip-seqTransf (baseline)",
+        "| MASCOT (meanP)",
+    ]
     assert "32.0 ± 2.8" in rows[0] and "| 2 |" in rows[0] and "99.0" not in md
     ablation = (out / "ablation" / "ablation.md").read_text()
     assert ablation.index("CLIP4Clip-meanP") < ablation.index("+ random masks") < ablation.index("MASCOT (meanP)")
@@ -131,23 +145,35 @@ def test_every_table_states_its_settings_and_marks_rows_not_run(tmp_path, tiny_p
         "Settings of the measured rows: backbone mascot-tiny, pretrained weights none (random weights), 1 epochs "
         "(checkpoint selected on val), K = 4 trained vision blocks, test split 48 videos / 96 captions, seeds 0, 1."
     )
-    for folder, name, line in ((out, "main", setting), (out / "ablation", "ablation", setting),
-                               (out / "ablation", "mask_ratio", setting), (out / "ablation", "mask_score", setting)):
+    for folder, name, line in (
+        (out, "main", setting),
+        (out / "ablation", "ablation", setting),
+        (out / "ablation", "mask_ratio", setting),
+        (out / "ablation", "mask_score", setting),
+    ):
         md = (folder / f"{name}.md").read_text()
         assert line in md and md.index(line) < md.index("| Method")
         assert (folder / f"{name}.tex").read_text().startswith(f"% {line}\n")
     ablation = (out / "ablation" / "ablation.md").read_text().splitlines()
     rows = [line.split(" | ")[:3] for line in ablation if line.startswith("| ") and not line.startswith("| Method")]
     assert rows == [
-        ["| CLIP4Clip-meanP (baseline)", "2", "30.5 ± 0.7"], ["| + random masks", "–", "not run"],
-        ["| + attention masks", "–", "not run"], ["| + ISC (both views)", "–", "not run"],
-        ["| + ISC emphasis shift", "–", "not run"], ["| MASCOT (meanP)", "1", "50.0"],
+        ["| CLIP4Clip-meanP (baseline)", "2", "30.5 ± 0.7"],
+        ["| + random masks", "–", "not run"],
+        ["| + attention masks", "–", "not run"],
+        ["| + ISC (both views)", "–", "not run"],
+        ["| + ISC emphasis shift", "–", "not run"],
+        ["| MASCOT (meanP)", "1", "50.0"],
     ]
     assert "not run" in (out / "ablation" / "ablation.tex").read_text()
     csv = pd.read_csv(out / "ablation" / "ablation.csv")
     assert list(csv["status"]) == ["measured"] * 2 + ["not run"] * 4
     measured = csv[csv["status"] == "measured"].iloc[0]
-    assert (measured["backbone"], measured["epochs"], measured["trainable_blocks"], measured["test_captions"]) == ("mascot-tiny", 1, 4, 96)
+    assert (measured["backbone"], measured["epochs"], measured["trainable_blocks"], measured["test_captions"]) == (
+        "mascot-tiny",
+        1,
+        4,
+        96,
+    )
     assert str(measured["seed_list"]) == "0 1" and pd.isna(csv.loc[csv["status"] == "not run", "t2v_R1"]).all()
 
 
@@ -172,10 +198,16 @@ def test_tables_of_other_datasets_survive(tmp_path, tiny_params):
     set_param(repo, "datasets", ["msrvtt"])
     with Repo(repo) as r:
         owned = {s.name: [o.def_path for o in s.outs] for s in r.index.stages if s.name.startswith("tables")}
-        deps = {s.name: [d.def_path for d in s.deps if d.def_path.startswith("results")] for s in r.index.stages if s.name.startswith("tables")}
+        deps = {
+            s.name: [d.def_path for d in s.deps if d.def_path.startswith("results")]
+            for s in r.index.stages
+            if s.name.startswith("tables")
+        }
     assert owned == {"tables@msrvtt": ["results/tables/msrvtt"], "tables_ablation@msrvtt": ["results/ablation/tables/msrvtt"]}
-    assert deps == {"tables@msrvtt": ["results/metrics/msrvtt"],
-                    "tables_ablation@msrvtt": ["results/metrics/msrvtt", "results/ablation/metrics/msrvtt"]}
+    assert deps == {
+        "tables@msrvtt": ["results/metrics/msrvtt"],
+        "tables_ablation@msrvtt": ["results/metrics/msrvtt", "results/ablation/metrics/msrvtt"],
+    }
 
 
 def test_latex_table_is_one_tabular_with_escaped_cells_and_labelled_sections():
@@ -185,7 +217,10 @@ def test_latex_table_is_one_tabular_with_escaped_cells_and_labelled_sections():
     assert tex.startswith("% Settings: x\n")
     lines = tex.splitlines()[1:]
     assert lines[0] == r"\begin{tabular}{llrrrrrrrrrr}" and lines.count(r"\end{tabular}") == 1
-    assert lines[2] == r"\multicolumn{2}{c}{} & \multicolumn{5}{c}{Text$\rightarrow$Video} & \multicolumn{5}{c}{Video$\rightarrow$Text} \\"
+    assert (
+        lines[2]
+        == r"\multicolumn{2}{c}{} & \multicolumn{5}{c}{Text$\rightarrow$Video} & \multicolumn{5}{c}{Video$\rightarrow$Text} \\"
+    )
     body = [line for line in lines if line.startswith(r"A\_b")]
     assert body == [r"A\_b \& c 50\% & 3 & " + " & ".join([r"9.0 $\pm$ 1.3"] * 10) + r" \\"] * 2
     assert all(line.count(" & ") == 11 for line in body)  # one cell per column: the label's & is escaped

@@ -100,7 +100,9 @@ def test_training_is_deterministic(tmp_path, tiny_features, tiny_params, variant
     b = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "a.csv").read_text().splitlines()[1].split(",")[:3] == (tmp_path / "b.csv").read_text().splitlines()[1].split(",")[:3]
+    assert (tmp_path / "a.csv").read_text().splitlines()[1].split(",")[:3] == (tmp_path / "b.csv").read_text().splitlines()[
+        1
+    ].split(",")[:3]
 
 
 def test_mascot_trains_logs_its_terms_and_saves_only_the_inference_model(tmp_path, tiny_features, tiny_params):
@@ -124,7 +126,9 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_features, tiny_params
     """Interrupted after 5 steps (state saved every 2) and rerun: same weights, same log as one run."""
     from mascot.objective import Objective
 
-    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"epochs": 3, "batch_size": 4, "checkpoint_every": 2})})
+    params = tiny_params.model_copy(
+        update={"train": tiny_params.train.model_copy(update={"epochs": 3, "batch_size": 4, "checkpoint_every": 2})}
+    )
     train.run(params, tiny_features, "synthetic", variant, 1, tmp_path / "ref.pt", tmp_path / "ref.csv", tmp_path / "ref-state")
     assert not (tmp_path / "ref-state").exists()  # cleared after success
 
@@ -177,7 +181,9 @@ def test_a_non_finite_loss_stops_with_a_clear_error(tmp_path, tiny_features, tin
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_without_a_terminal_training_logs_progress_device_and_the_random_weights_warning(tmp_path, tiny_features, tiny_params, caplog, monkeypatch):
+def test_without_a_terminal_training_logs_progress_device_and_the_random_weights_warning(
+    tmp_path, tiny_features, tiny_params, caplog, monkeypatch
+):
     import logging
 
     from mascot import progress
@@ -200,9 +206,11 @@ def test_without_a_terminal_training_logs_progress_device_and_the_random_weights
 
 @pytest.mark.parametrize(("pretrained", "scale", "warns"), [(None, 1e-3, True), (None, 1.0, False), ("openai", 1e-3, False)])
 def test_random_weights_warning_only_when_they_would_barely_train(tiny_params, caplog, pretrained, scale, warns):
-    params = tiny_params.model_copy(update={
-        "clip": tiny_params.clip.model_copy(update={"pretrained": pretrained}),
-        "train": tiny_params.train.model_copy(update={"clip_lr_scale": scale}),
-    })
+    params = tiny_params.model_copy(
+        update={
+            "clip": tiny_params.clip.model_copy(update={"pretrained": pretrained}),
+            "train": tiny_params.train.model_copy(update={"clip_lr_scale": scale}),
+        }
+    )
     train.warn_random_weights_at_low_lr(params)
     assert any("clip.pretrained is null" in r.getMessage() for r in caplog.records) == warns

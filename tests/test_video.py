@@ -84,8 +84,24 @@ def _decoded(path) -> np.ndarray:
         h, w = frame.height, frame.width
         if abs(frame.rotation) == 90:
             h, w = w, h
-    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-fps_mode", "passthrough",
-                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
 
 
@@ -137,8 +153,14 @@ SAMPLES = Path(SHARED_DATA / "videos")
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared sample videos not present")
 # Decoded frame counts measured with ffprobe (SOURCES.md); corrupted.mp4 has 50 frames, 49 decodable.
 FRAME_COUNTS = {
-    "carphone_distorted.mp4": 120, "big_buck_bunny_432_433.webm": 24, "no_duration.webm": 74, "video_90.mov": 3,
-    "flipping_a_pancake.mkv": 310, "mmaction2_test.avi": 164, "var_fps_video.mp4": 300, "corrupted.mp4": 50,
+    "carphone_distorted.mp4": 120,
+    "big_buck_bunny_432_433.webm": 24,
+    "no_duration.webm": 74,
+    "video_90.mov": 3,
+    "flipping_a_pancake.mkv": 310,
+    "mmaction2_test.avi": 164,
+    "var_fps_video.mp4": 300,
+    "corrupted.mp4": 50,
 }
 
 
@@ -169,7 +191,9 @@ def test_real_rotated_sample_matches_ffmpeg():
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "videos").is_dir(), reason="shared sample videos not present")
-@pytest.mark.parametrize("name", ["carphone_distorted.mp4", "flipping_a_pancake.mkv", "mmaction2_test.avi", "big_buck_bunny_432_433.webm"])
+@pytest.mark.parametrize(
+    "name", ["carphone_distorted.mp4", "flipping_a_pancake.mkv", "mmaction2_test.avi", "big_buck_bunny_432_433.webm"]
+)
 def test_real_sample_videos_decode(name):
     clip = read_clip(SHARED_DATA / "videos" / name, None, None, 12, 64)
     assert clip.num_valid == 12

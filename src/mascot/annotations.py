@@ -50,7 +50,9 @@ def normalize(df: pd.DataFrame, source: str) -> pd.DataFrame:
     if problems:
         raise MascotError(f"{source}: invalid annotations: " + "; ".join(problems) + ". Fix the parser or the file.")
     order = df["split"].map({s: i for i, s in enumerate(SPLITS)})
-    return df.assign(_o=order).sort_values(["_o", "video_id", "caption_id"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    return (
+        df.assign(_o=order).sort_values(["_o", "video_id", "caption_id"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    )
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:

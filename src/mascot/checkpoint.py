@@ -32,6 +32,8 @@ def load_checkpoint(path: Path) -> tuple[RetrievalModel, dict]:
         raise MascotError(f"{path}: checkpoint not found; run the train stage first.") from None
     meta = ckpt["meta"]
     clip = create_clip(ClipConfig(model=meta["model"], pretrained=None))
-    model = RetrievalModel(clip, meta["trainable_blocks"], VariantConfig.model_validate(meta["variant"]), meta["num_frames"], meta["logit_scale_max"])
+    model = RetrievalModel(
+        clip, meta["trainable_blocks"], VariantConfig.model_validate(meta["variant"]), meta["num_frames"], meta["logit_scale_max"]
+    )
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), meta

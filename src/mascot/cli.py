@@ -91,7 +91,9 @@ def _preset(args, params):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mascot", description="MASCOT text-video retrieval pipeline stages (see dvc.yaml).")
+    parser = argparse.ArgumentParser(
+        prog="python -m mascot", description="MASCOT text-video retrieval pipeline stages (see dvc.yaml)."
+    )
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameter file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -105,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="registry name, e.g. synthetic")
     p.add_argument("--out", type=Path, required=True, help="raw folder to create")
     p.add_argument(
-        "--cache", type=Path, default=None,
+        "--cache",
+        type=Path,
+        default=None,
         help="download cache that survives failures, so downloads resume (default: .downloads beside --out)",
     )
 
@@ -132,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--model-out", type=Path, required=True, help="checkpoint to write")
     p.add_argument("--log-out", type=Path, required=True, help="per-epoch CSV log to write")
-    p.add_argument("--state-dir", type=Path, default=None, help="where the resumable training state is kept (outside the outputs)")
+    p.add_argument(
+        "--state-dir", type=Path, default=None, help="where the resumable training state is kept (outside the outputs)"
+    )
 
     p = stage("evaluate", _evaluate, "Text→video and video→text metrics on the test split.")
     p.add_argument("--features", type=Path, required=True)
@@ -156,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the presets")
     p.add_argument("--apply", action="store_true", help="write the preset into the --params file, keeping its comments")
     p.add_argument(
-        "--exp-run", nargs=argparse.REMAINDER, metavar="DVC_ARGS", default=None,
+        "--exp-run",
+        nargs=argparse.REMAINDER,
+        metavar="DVC_ARGS",
+        default=None,
         help="run `dvc exp run` with the preset's -S overrides followed by DVC_ARGS, every argument after --exp-run "
         "(e.g. --temp -S clip.pretrained=null): a -S given here wins over the preset's (last one last, README)",
     )

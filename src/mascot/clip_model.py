@@ -64,8 +64,8 @@ def check_activation(cfg: ClipConfig) -> None:
 
     OpenAI's CLIP uses QuickGELU; open_clip's plain `ViT-B-32` / `ViT-B-16` configs use GELU and only
     warn when given OpenAI weights, which silently shifts every activation of the tower. For a tag,
-    open_clip's registry says how it was trained; a TorchScript archive is OpenAI's own format. A
-    state-dict file carries no such record: its activation is the model config's.
+    open_clip's registry says how it was trained; a TorchScript archive is OpenAI's own format; a
+    state-dict file records nothing, so `clip.weights_activation` must say it.
     """
     if cfg.pretrained is None:
         return
@@ -76,18 +76,32 @@ def check_activation(cfg: ClipConfig) -> None:
     if tag_cfg:
         needs_quick, source = bool(tag_cfg.get("quick_gelu", False)), f"the pretrained tag `{cfg.pretrained}`"
     elif Path(cfg.pretrained).is_file() and is_torchscript_archive(cfg.pretrained):
-        needs_quick, source = True, f"{cfg.pretrained} (a TorchScript archive, OpenAI's CLIP format)"
+        needs_quick, source = True, f"{cfg.pretrained} is a TorchScript archive, OpenAI's CLIP format"
+    elif Path(cfg.pretrained).is_file():
+        if cfg.weights_activation is None:
+            raise ConfigError(
+                f"`clip.pretrained: {cfg.pretrained}` is a state-dict file, which does not record the activation its "
+                "weights were trained with. Set `clip.weights_activation: quick_gelu` (OpenAI's CLIP weights, also as "
+                "open_clip's `openai` download) or `gelu` (e.g. open_clip's LAION/DataComp weights), so that the "
+                f"tower of `clip.model: {cfg.model}` can be checked against it."
+            )
+        needs_quick, source = cfg.weights_activation == "quick_gelu", f"`clip.weights_activation: {cfg.weights_activation}`"
     else:
         return
     if needs_quick != model_quick:
         want = "QuickGELU" if needs_quick else "GELU"
         base = cfg.model.removesuffix("-quickgelu")
         fix = f"{base}-quickgelu" if needs_quick else base
+        register_model_configs()
+        fix_text = (
+            f"Set `clip.model: {fix}` (open_clip's config with the matching activation)"
+            if open_clip.get_model_config(fix) is not None
+            else f'Use a model config with `"quick_gelu": {str(needs_quick).lower()}` (e.g. a copy of {cfg.model}\'s JSON in {MODEL_CONFIG_DIR})'
+        )
         raise ConfigError(
-            f"`clip.pretrained: {cfg.pretrained}` was trained with {want}, but `clip.model: {cfg.model}` builds "
-            f"{'GELU' if needs_quick else 'QuickGELU'} towers, so every activation of the loaded weights would be "
-            f"computed with the wrong function ({source}). Set `clip.model: {fix}` (open_clip's config with the "
-            "matching activation; run `python -c 'import open_clip; print(open_clip.list_models())'` for the names)."
+            f"`clip.pretrained: {cfg.pretrained}` was trained with {want} ({source}), but `clip.model: {cfg.model}` "
+            f"builds {'GELU' if needs_quick else 'QuickGELU'} towers, so every activation of the loaded weights would be "
+            f"computed with the wrong function. {fix_text}."
         )
 
 
@@ -95,7 +109,11 @@ def create_clip(cfg: ClipConfig) -> nn.Module:
     """Build the open_clip model named in `clip:` (weights per `clip.pretrained`), in eval mode."""
     model_config(cfg.model)
     check_activation(cfg)
-    if cfg.pretrained is not None and not open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) and not Path(cfg.pretrained).is_file():
+    if (
+        cfg.pretrained is not None
+        and not open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)
+        and not Path(cfg.pretrained).is_file()
+    ):
         raise ConfigError(
             f"`clip.pretrained: {cfg.pretrained}` is neither a pretrained tag of {cfg.model} "
             f"({', '.join(open_clip.list_pretrained_tags_by_model(cfg.model)) or 'it has none'}) nor an existing file; "
@@ -148,7 +166,7 @@ def masking_needs_whole_tower(model_name: str, trainable_blocks: int, depth: int
         f"{model_name}. Those blocks have already mixed every patch into every token, so a view that drops patch "
         f"tokens after them would still carry the dropped patches. Set `train.trainable_blocks: {depth}` (the whole "
         "tower runs on the cached patch embeddings, as in the paper's end-to-end fine-tuning) or remove the masked "
-        "variants from `variants` (docs/model.md, \"Exact masking\")."
+        'variants from `variants` (docs/model.md, "Exact masking").'
     )
 
 
@@ -196,7 +214,9 @@ def block_with_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     """One open_clip ResidualAttentionBlock on batch-first x, also returning its head-averaged
     attention weights, from the same forward pass (open_clip itself never asks for them)."""
     if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention) or hasattr(block, "ln_1_kv"):
-        raise ConfigError(f"{type(block).__name__}: CLS attention needs open_clip's ResidualAttentionBlock (nn.MultiheadAttention).")
+        raise ConfigError(
+            f"{type(block).__name__}: CLS attention needs open_clip's ResidualAttentionBlock (nn.MultiheadAttention)."
+        )
     h = block.ln_1(x)
     if not block.attn.batch_first:
         h = h.transpose(0, 1)

@@ -46,9 +46,15 @@ class ClipConfig(Section):
         None,
         description="open_clip pretrained tag (needs the network once), a local checkpoint file, or null for random weights",
     )
+    weights_activation: Literal["quick_gelu", "gelu"] | None = Field(
+        None,
+        description="the activation a state-dict file in `pretrained` was trained with (quick_gelu: OpenAI's CLIP); "
+        "required for such a file, checked against the model config (tags and TorchScript archives say it themselves)",
+    )
     cache_dir: str | None = Field(None, description="where pretrained weights are cached (default: $HF_HOME)")
     init_seed: int = Field(
-        0, description="seed of the random weights when pretrained is null (the features and train stages must build the same model)"
+        0,
+        description="seed of the random weights when pretrained is null (the features and train stages must build the same model)",
     )
 
 
@@ -56,8 +62,9 @@ class FramesConfig(Section):
     num_frames: int = Field(6, ge=1, description="frames sampled uniformly over [start, end] of each video")
     shard_size: int = Field(512, ge=1, description="videos per memory-mappable shard (the unit of work and of resumption)")
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        2, description="parallel decoding processes (one shard each); auto: one per available core (at most one per "
-        "shard); a number above the available cores is capped at them"
+        2,
+        description="parallel decoding processes (one shard each); auto: one per available core (at most one per "
+        "shard); a number above the available cores is capped at them",
     )
     decoder: Literal["auto", "pyav"] = Field(
         "auto",
@@ -76,14 +83,14 @@ class FeaturesConfig(Section):
 
 class TrainConfig(Section):
     trainable_blocks: int = Field(
-        4, ge=1, description="K: top vision blocks trained on cached tokens; masked variants need K = L (docs/model.md, section 'Exact masking')"
+        4,
+        ge=1,
+        description="K: top vision blocks trained on cached tokens; masked variants need K = L (docs/model.md, section 'Exact masking')",
     )
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=2, description="video-caption pairs per step (in-batch negatives)")
     lr: float = Field(5e-4, gt=0, description="learning rate of the new modules")
-    clip_lr_scale: float = Field(
-        1.0, gt=0, description="CLIP weights train at lr * clip_lr_scale (1e-7 / 1e-4 in CLIP4Clip)"
-    )
+    clip_lr_scale: float = Field(1.0, gt=0, description="CLIP weights train at lr * clip_lr_scale (1e-7 / 1e-4 in CLIP4Clip)")
     weight_decay: float = Field(0.2, ge=0)
     adam_betas: tuple[float, float] = Field(
         (0.9, 0.98), description="AdamW betas; (0.9, 0.98) as CLIP4Clip's BertAdam (torch's default is (0.9, 0.999))"
@@ -91,8 +98,8 @@ class TrainConfig(Section):
     adam_eps: float = Field(1e-6, gt=0, description="AdamW epsilon; 1e-6 as CLIP4Clip's BertAdam (torch's default 1e-8)")
     no_decay: Literal["ndim", "clip4clip"] = Field(
         "ndim",
-        description="parameters without weight decay: ndim (ours: every tensor with fewer than 2 dims: biases, norm "
-        "weights, embeddings' scales, logit_scale) or clip4clip (names containing bias / LayerNorm.bias / "
+        description="parameters without weight decay: ndim (ours: every trained tensor of fewer than 2 dims: biases, "
+        "LayerNorm weights, logit_scale, the ISC mask token) or clip4clip (names containing bias / LayerNorm.bias / "
         "LayerNorm.weight, CLIP4Clip's list; with open_clip's names that is the biases only)",
     )
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
@@ -205,7 +212,8 @@ class EvaluateConfig(Section):
 
 
 class AblationConfig(Section):
-    """The ablation rows and sweeps: trained by the `*_ablation` stages (`make ablation`), not by `make repro`."""
+    """The ablation rows (and any sweep rows added to them): trained by the `*_ablation` stages
+    (`make ablation`), not by `make repro`; `tables` are written from them and the default runs."""
 
     variants: list[str] = Field(min_length=1, description="names from variant_defs trained by the ablation stages")
     tables: dict[str, list[str]] = Field(description="table name → rows, over `variants` + `ablation.variants`")
@@ -270,15 +278,15 @@ class Params(Section):
         return self.data[name]
 
     def masked_variants(self) -> list[str]:
-        """The variants in `variants` that mask patches (they need K = L, see clip_model.check_split)."""
-        return [name for name in self.variants if self.variant(name).mask is not None]
+        """The variants trained on this features cache (`variants` and `ablation.variants`) that mask
+        patches: they need K = L (clip_model.check_split)."""
+        return [name for name in self.variants + self.ablation.variants if self.variant(name).mask is not None]
 
     def variant(self, name: str) -> VariantConfig:
         """The variant with MASCOT's shared settings applied."""
         if name not in self.variant_defs:
             raise ConfigError(
-                f"Variant `{name}` is not defined under `variant_defs:` in params.yaml "
-                f"(defined: {sorted(self.variant_defs)})."
+                f"Variant `{name}` is not defined under `variant_defs:` in params.yaml (defined: {sorted(self.variant_defs)})."
             )
         return resolve_variant(self.variant_defs[name], self.mascot)
 

@@ -56,6 +56,8 @@ def gather(x: torch.Tensor) -> torch.Tensor:
 def shard(rows, rank: int, size: int):
     """This process's contiguous share of a global batch (the gather restores the global order)."""
     if len(rows) % size:
-        raise ValueError(f"a global batch of {len(rows)} does not split over {size} processes; make train.batch_size a multiple of it")
+        raise ValueError(
+            f"a global batch of {len(rows)} does not split over {size} processes; make train.batch_size a multiple of it"
+        )
     local = len(rows) // size
     return rows[rank * local : (rank + 1) * local]

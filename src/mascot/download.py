@@ -77,7 +77,9 @@ def set_key_hint(key: str, value: str) -> str:
     return f"`dvc exp run -S '++{key}={value}'`, or in params.yaml under `{'.'.join(parents[:2])}:` add `{nested}`"
 
 
-def verify(path: Path, checksum: str | None, what: str, name: str | None = None, key: str | None = None, fix: str | None = None) -> None:
+def verify(
+    path: Path, checksum: str | None, what: str, name: str | None = None, key: str | None = None, fix: str | None = None
+) -> None:
     """Raise DownloadError when `path` does not have `checksum` (None: nothing to check).
 
     `key` is the params key that holds the checksum (named in the message); `fix` replaces the
@@ -89,7 +91,9 @@ def verify(path: Path, checksum: str | None, what: str, name: str | None = None,
     got = expected.of(path)
     if got != expected.digest:
         if fix is None:
-            trust = f"set its checksum to null: {set_key_hint(key, 'null')}" if key else "set its checksum (or null) in params.yaml"
+            trust = (
+                f"set its checksum to null: {set_key_hint(key, 'null')}" if key else "set its checksum (or null) in params.yaml"
+            )
             fix = (
                 "The file is corrupt or the upstream file changed; it was not used. Rerun the stage to download it "
                 f"again, or, if you trust the new file, {trust}."
@@ -124,10 +128,18 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
         if offset and status != 206:
             offset = 0  # the server ignored the Range header: start over
         total = _total_size(resp, offset)
-        with open(part, "ab" if offset else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"),
-            disable=None if progress else True, leave=False,
-        ) as bar:
+        with (
+            open(part, "ab" if offset else "wb") as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc=part.name.removesuffix(".part"),
+                disable=None if progress else True,
+                leave=False,
+            ) as bar,
+        ):
             while block := resp.read(CHUNK):
                 out.write(block)
                 bar.update(len(block))
@@ -205,7 +217,11 @@ def fetch(
 
 def _kept(part: Path) -> str:
     size = part.stat().st_size if part.exists() else 0
-    return f"the {size} bytes already fetched are kept in {part} and the download resumes from there" if size else "nothing was fetched yet"
+    return (
+        f"the {size} bytes already fetched are kept in {part} and the download resumes from there"
+        if size
+        else "nothing was fetched yet"
+    )
 
 
 def _unsafe_reason(name: str, is_link: bool, is_special: bool) -> str | None:
@@ -234,8 +250,7 @@ def _members(archive: Path) -> list[tuple[str, str | None]]:
     try:
         with tarfile.open(archive) as tf:
             return [
-                (m.name, _unsafe_reason(m.name, m.issym() or m.islnk(), not (m.isfile() or m.isdir())))
-                for m in tf.getmembers()
+                (m.name, _unsafe_reason(m.name, m.issym() or m.islnk(), not (m.isfile() or m.isdir()))) for m in tf.getmembers()
             ]
     except tarfile.TarError:
         raise DownloadError(f"{archive}: neither a zip nor a tar archive; it cannot be extracted.") from None

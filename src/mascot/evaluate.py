@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def embed_split(model: RetrievalModel, store: FeatureStore, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def embed_split(
+    model: RetrievalModel, store: FeatureStore, split: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Caption and video embeddings of a split, and each caption's video (row of the video array)."""
     was_training = model.training
     model.eval()
@@ -37,7 +39,10 @@ def embed_split(model: RetrievalModel, store: FeatureStore, split: str, batch_si
             bar.update(len(videos[i : i + batch_size]))
     video_emb = torch.cat(video_emb)
     text_emb = torch.cat(
-        [model.encode_text(store.text_batch(captions[i : i + batch_size]).to(device)).cpu() for i in range(0, len(captions), batch_size)]
+        [
+            model.encode_text(store.text_batch(captions[i : i + batch_size]).to(device)).cpu()
+            for i in range(0, len(captions), batch_size)
+        ]
     )
     column = {int(p): i for i, p in enumerate(videos)}
     caption_video = np.array([column[int(v)] for v in store.captions["video_index"].to_numpy()[captions]])
@@ -65,4 +70,6 @@ def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None
         | {"selected_on": f"val {meta['selection_metric']}"}
     )
     write_json(out, result)
-    log.info("evaluate: t2v R@1 %.1f, v2t R@1 %.1f on %d test videos", result["t2v"]["R1"], result["v2t"]["R1"], result["num_videos"])
+    log.info(
+        "evaluate: t2v R@1 %.1f, v2t R@1 %.1f on %d test videos", result["t2v"]["R1"], result["v2t"]["R1"], result["num_videos"]
+    )

@@ -80,7 +80,7 @@ def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> 
         for name, frames in shards.items():
             rows = index[index["shard"] == name]
             cache = allocated_memmap(tmp / f"vision-{name}", np.float16, (frames.shape[0], frames.shape[1], *tokens_per_frame))
-            for row, valid in zip(rows["row"], rows["num_valid"]):
+            for row, valid in zip(rows["row"], rows["num_valid"]):  # noqa: B905 -- two columns of one table
                 cache[row, :valid] = encode_frames(prefix, frames[row, :valid], mean, std, params.features.batch_size)
                 progress.update(valid)
             cache.flush()
@@ -139,7 +139,7 @@ class FeatureStore:
     def video_batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, T, 1 + N, width) float32 and the frame mask (B, T) bool."""
         rows = self.index.iloc[positions]
-        tokens = np.stack([self.shards[s][r] for s, r in zip(rows["shard"], rows["row"])])
+        tokens = np.stack([self.shards[s][r] for s, r in zip(rows["shard"], rows["row"])])  # noqa: B905 -- two columns of one table
         t = tokens.shape[1]
         mask = np.arange(t)[None, :] < rows["num_valid"].to_numpy()[:, None]
         return torch.from_numpy(tokens.astype(np.float32)), torch.from_numpy(mask)

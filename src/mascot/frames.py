@@ -132,8 +132,14 @@ def decode_shard(job: tuple[Shard, str, str, int, int, str]) -> str:
             array[row] = clip.frames
             index.append([video_id, shard.split, shard.name, row, clip.num_valid, clip.decoder, len(clip.substituted)])
             if (decoder == "auto" and clip.decoder != "decord") or clip.substituted:  # fell back, or lost frames
-                repairs.append({"video_id": video_id, "video_path": video_path, "decoder": clip.decoder,
-                                "substituted": [list(s) for s in clip.substituted]})
+                repairs.append(
+                    {
+                        "video_id": video_id,
+                        "video_path": video_path,
+                        "decoder": clip.decoder,
+                        "substituted": [list(s) for s in clip.substituted],
+                    }
+                )
         array.flush()
         del array
     write_json(
@@ -240,7 +246,9 @@ def run(params: Params, annotations_path: Path, video_root: Path, out: Path) -> 
         log.info("frames: resuming, %d of %d shards already decoded in %s", len(shards) - len(todo), len(shards), work)
     check_free(work, sum(len(s.videos) for s in todo) * cfg.num_frames * size * size * 3, "The frames stage")
     workers = resolve_workers(cfg.workers, len(todo))
-    log.info("frames: decoding %d videos on the CPU, %d worker process(es), uint8 frames", sum(len(s.videos) for s in todo), workers)
+    log.info(
+        "frames: decoding %d videos on the CPU, %d worker process(es), uint8 frames", sum(len(s.videos) for s in todo), workers
+    )
     with disk_full_is_an_error(work, "frames"):
         run_shards(todo, video_root, work, cfg.num_frames, size, workers, len(videos), cfg.decoder)
 

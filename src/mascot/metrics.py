@@ -123,7 +123,9 @@ def embedding_metrics(
     if dsl_scale is not None:
         col_lse = np.full(nv, -np.inf)  # log Σ_captions exp(scale · s) per video, for the t2v prior
         for lo in range(0, nc, chunk_size):
-            col_lse = np.logaddexp(col_lse, _logsumexp(dsl_scale * (text[lo : lo + chunk_size].astype(np.float64) @ video.T), axis=0))
+            col_lse = np.logaddexp(
+                col_lse, _logsumexp(dsl_scale * (text[lo : lo + chunk_size].astype(np.float64) @ video.T), axis=0)
+            )
         views["t2v_dsl"] = lambda s: s * np.exp(dsl_scale * s - col_lse)
         views["v2t_dsl"] = lambda s: dual_softmax(s, dsl_scale, axis=1)
 

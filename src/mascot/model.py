@@ -63,7 +63,9 @@ class SeqTransf(nn.Module):
             self.transformer.resblocks = nn.ModuleList(blocks)
             self.transformer.layers = layers
             pos = text.positional_embedding.detach()
-            self.frame_position = nn.Parameter(pos[:num_frames].clone() if len(pos) >= num_frames else torch.randn(num_frames, width) * 0.01)
+            self.frame_position = nn.Parameter(
+                pos[:num_frames].clone() if len(pos) >= num_frames else torch.randn(num_frames, width) * 0.01
+            )
         else:
             log.info("seqTransf: text width %d != embedding width %d, initialising from scratch", text.width, width)
             self.heads = max(1, width // 64)
@@ -83,7 +85,9 @@ class SeqTransf(nn.Module):
 class RetrievalModel(nn.Module):
     """Text and video encoders over cached tokens, with CLIP's logit scale."""
 
-    def __init__(self, clip: nn.Module, trainable_blocks: int, variant: VariantConfig, num_frames: int, logit_scale_max: float = 100.0):
+    def __init__(
+        self, clip: nn.Module, trainable_blocks: int, variant: VariantConfig, num_frames: int, logit_scale_max: float = 100.0
+    ):
         super().__init__()
         self.vision = VisionTop(clip.visual, trainable_blocks)
         self.text = TextEncoder(clip)

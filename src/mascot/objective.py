@@ -66,9 +66,11 @@ class Objective(nn.Module):
             raise ConfigError(
                 f"This variant masks patches but the model runs only the top {depth} vision blocks on cached tokens: a "
                 "masked view is exact only when the whole tower runs on the cached patch embeddings (K = L); set "
-                "`train.trainable_blocks` to the tower's depth (docs/model.md, \"Exact masking\")."
+                '`train.trainable_blocks` to the tower\'s depth (docs/model.md, "Exact masking").'
             )
-        self.decoder = ISCDecoder(variant.isc, model.vision.width, model.text.width) if masking and variant.isc.weight > 0 else None
+        self.decoder = (
+            ISCDecoder(variant.isc, model.vision.width, model.text.width) if masking and variant.isc.weight > 0 else None
+        )
 
     def is_new_module(self, name: str) -> bool:
         """Heads that are not CLIP's (the temporal module, the ISC decoder) train at the full lr."""

@@ -122,6 +122,7 @@ def apply_in_place(params_file: Path, name: str) -> None:
 
 def exp_run_args(name: str) -> list[str]:
     """`-S key=value` arguments for `dvc exp run` (values in YAML flow style)."""
+
     def flow(value: Any) -> str:
         if isinstance(value, list):  # no spaces, so that each override stays one shell word
             return "[" + ",".join(flow(v) for v in value) + "]"

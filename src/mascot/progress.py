@@ -46,7 +46,15 @@ class Progress:
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
         log.info(
             "%s: %d/%d %s (%.0f%%), %.2f %s/s, %.0f s left%s",
-            self.desc, self.n, self.total, self.unit, 100 * self.n / max(self.total, 1), self.rate, self.unit, left, extra,
+            self.desc,
+            self.n,
+            self.total,
+            self.unit,
+            100 * self.n / max(self.total, 1),
+            self.rate,
+            self.unit,
+            left,
+            extra,
         )
 
     def close(self) -> None:

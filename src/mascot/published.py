@@ -39,7 +39,9 @@ class PublishedRow(BaseModel):
         if self.transcribed and not has_values:
             raise ValueError("a transcribed row needs at least one value (or set transcribed: false)")
         if not self.transcribed and has_values:
-            raise ValueError("values of a row marked transcribed: false would be shown as unchecked; remove them or set transcribed: true")
+            raise ValueError(
+                "values of a row marked transcribed: false would be shown as unchecked; remove them or set transcribed: true"
+            )
         return self
 
     def value(self, direction: str, metric: str) -> float | None:
@@ -65,5 +67,7 @@ def load_published(path: Path) -> dict[str, list[PublishedRow]]:
                 rows[dataset].append(PublishedRow.model_validate(entry))
             except ValidationError as exc:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
-                raise MascotError(f"{path}: entry {i} of `{dataset}` is invalid ({problems}). Fix it; every row needs method, backbone and source.") from None
+                raise MascotError(
+                    f"{path}: entry {i} of `{dataset}` is invalid ({problems}). Fix it; every row needs method, backbone and source."
+                ) from None
     return rows

@@ -63,4 +63,6 @@ def disk_full_is_an_error(folder: Path, what: str) -> Iterator[None]:
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        raise MascotError(f"{what}: the disk of {folder} is full ({exc.strerror}); nothing half-written was kept. {_advice(folder)}") from None
+        raise MascotError(
+            f"{what}: the disk of {folder} is full ({exc.strerror}); nothing half-written was kept. {_advice(folder)}"
+        ) from None

@@ -46,13 +46,20 @@ def collect(*metrics_dirs: Path) -> pd.DataFrame:
     for path in sorted(p for d in metrics_dirs for p in Path(d).rglob("*.json")):
         data = json.loads(path.read_text())
         try:
-            run = {"dataset": data["dataset"], "variant": data["variant_name"], "seed": data["seed"],
-                   "test_videos": data["num_videos"], "test_captions": data["num_captions"]}
+            run = {
+                "dataset": data["dataset"],
+                "variant": data["variant_name"],
+                "seed": data["seed"],
+                "test_videos": data["num_videos"],
+                "test_captions": data["num_captions"],
+            }
             for post, values in (("none", data), ("dsl", data.get("dsl"))):
                 if values is not None:
                     rows.append(run | {"post": post} | {f"{d}_{m}": float(values[d][m]) for d in DIRECTIONS for m in METRICS})
         except KeyError as exc:
-            raise MascotError(f"{path}: not a metrics file of the evaluate stage (missing {exc}); remove it or rerun evaluate.") from None
+            raise MascotError(
+                f"{path}: not a metrics file of the evaluate stage (missing {exc}); remove it or rerun evaluate."
+            ) from None
     return pd.DataFrame(rows)
 
 
@@ -86,6 +93,7 @@ def _cell(mean: float, std: float, seeds: int) -> str:
 def settings(params: Params, runs: pd.DataFrame) -> dict[str, str]:
     """The settings the measured rows were run with: the run's params and, from the metrics
     files, the test split's size and the seeds."""
+
     def values(column: str) -> str:
         return " or ".join(f"{int(v):,}" for v in sorted(runs[column].unique()))
 
@@ -158,13 +166,28 @@ def to_markdown(title: str, sections: dict[str, list[list[str]]], notes: list[st
         "(lower is better); mean ± std over seeds. The first rows have no post-processing; DSL rows "
         "re-weight each score by a softmax over all test queries and are listed apart."
     )
-    footer = ("\n\nPublished rows are read from references/published.yaml, not measured here:\n\n" + "\n".join(f"- {n}" for n in notes)) if notes else ""
+    footer = (
+        (
+            "\n\nPublished rows are read from references/published.yaml, not measured here:\n\n"
+            + "\n".join(f"- {n}" for n in notes)
+        )
+        if notes
+        else ""
+    )
     return f"# {title}\n\n{intro}\n\n{setting}\n\n" + "\n".join(lines) + footer + "\n"
 
 
 LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
 }
 LATEX_SYMBOLS = {"±": r"$\pm$", "→": r"$\rightarrow$"}
 
@@ -196,7 +219,9 @@ def to_latex(sections: dict[str, list[list[str]]], notes: list[str], setting: st
     return "\n".join(lines + comments) + "\n"
 
 
-def run(params: Params, dataset: str, metrics_dirs: list[Path], out: Path, published_path: Path | None = None, ablation: bool = False) -> None:
+def run(
+    params: Params, dataset: str, metrics_dirs: list[Path], out: Path, published_path: Path | None = None, ablation: bool = False
+) -> None:
     """Write the tables of `dataset` (from the metrics files under `metrics_dirs`) into the folder `out`:
     `tables:` over `variants`, or with `ablation` the `ablation.tables` over `variants` + `ablation.variants`."""
     variants = params.variants + params.ablation.variants if ablation else params.variants
@@ -221,7 +246,9 @@ def run(params: Params, dataset: str, metrics_dirs: list[Path], out: Path, publi
             setting = settings(params, measured) if not measured.empty else None
             (tmp / f"{name}.md").write_text(to_markdown(f"{dataset}: {name}", sections, notes, settings_line(setting)))
             (tmp / f"{name}.tex").write_text(to_latex(sections, notes, settings_line(setting)))
-            missing = pd.DataFrame({"post": "none", "variant": [v for v in variants if v not in ran], "seeds": 0, "status": NOT_RUN})
+            missing = pd.DataFrame(
+                {"post": "none", "variant": [v for v in variants if v not in ran], "seeds": 0, "status": NOT_RUN}
+            )
             measured_csv = part.drop(columns="dataset", errors="ignore").assign(status="measured", **(setting or {}))
             pd.concat([measured_csv, missing], ignore_index=True).to_csv(tmp / f"{name}.csv", index=False, float_format="%.4f")
     log.info("tables: %d tables for %s → %s", len(table_defs), dataset, out)

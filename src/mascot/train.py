@@ -66,7 +66,11 @@ def optimizer_for(model: RetrievalModel | Objective, cfg: TrainConfig) -> torch.
             groups.setdefault((model.is_new_module(name), decays(name, p, cfg.no_decay)), []).append(p)
     return torch.optim.AdamW(
         [
-            {"params": ps, "lr": cfg.lr if new else cfg.lr * cfg.clip_lr_scale, "weight_decay": cfg.weight_decay if decay else 0.0}
+            {
+                "params": ps,
+                "lr": cfg.lr if new else cfg.lr * cfg.clip_lr_scale,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+            }
             for (new, decay), ps in groups.items()
         ],
         betas=tuple(cfg.adam_betas),
@@ -102,7 +106,8 @@ def warn_random_weights_at_low_lr(params: Params) -> None:
             "setting meant for pretrained weights: the random tower barely moves, so the variants measure alike (meanP "
             "and MASCOT gave identical test metrics in such a run) and the numbers say nothing about the method. Set "
             "clip.pretrained (e.g. openai; needs the network once) or, to train from scratch, train.clip_lr_scale: 1.0.",
-            cfg.clip_lr_scale, cfg.lr * cfg.clip_lr_scale,
+            cfg.clip_lr_scale,
+            cfg.lr * cfg.clip_lr_scale,
         )
 
 
@@ -139,7 +144,9 @@ def run(
     objective = Objective(model, variant).to(device).train()
     trainer = objective
     if processes > 1:
-        trainer = torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+        trainer = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = optimizer_for(objective, cfg)
     batch = min(cfg.batch_size, len(train_rows))
     steps_per_epoch = len(train_rows) // batch
@@ -149,11 +156,29 @@ def run(
     caption_video = store.captions["video_index"].to_numpy()
 
     run_id = resume.fingerprint(
-        {"params": params.model_dump(include={"clip", "train", "evaluate"}), "variant": variant.model_dump(), "seed": seed,
-         "features": store.meta, "train_rows": len(train_rows), "device": device.type, "processes": processes}
+        {
+            "params": params.model_dump(include={"clip", "train", "evaluate"}),
+            "variant": variant.model_dump(),
+            "seed": seed,
+            "features": store.meta,
+            "train_rows": len(train_rows),
+            "device": device.type,
+            "processes": processes,
+        }
     )
     # Progress: the next epoch and step within it, that epoch's data order and loss sums, the log and the best epoch.
-    progress = {"epoch": 1, "next_step": 0, "step": 0, "order": None, "sums": {}, "log_rows": [], "step_rows": [], "best": -math.inf, "best_epoch": 0, "best_state": {}}
+    progress = {
+        "epoch": 1,
+        "next_step": 0,
+        "step": 0,
+        "order": None,
+        "sums": {},
+        "log_rows": [],
+        "step_rows": [],
+        "best": -math.inf,
+        "best_epoch": 0,
+        "best_state": {},
+    }
     state = resume.load_state(state_dir, run_id) if state_dir else None
     if state is not None:
         objective.load_state_dict(state["objective"])
@@ -162,7 +187,9 @@ def run(
         scaler.load_state_dict(state["scaler"])
         resume.restore_rng(state["rng"], generator)
         progress = state["progress"]
-        log.info("train: resuming %s/%s seed %d at epoch %d, step %d", dataset, variant_name, seed, progress["epoch"], progress["step"])
+        log.info(
+            "train: resuming %s/%s seed %d at epoch %d, step %d", dataset, variant_name, seed, progress["epoch"], progress["step"]
+        )
 
     def save() -> None:
         if state_dir is not None and rank == 0:
@@ -174,7 +201,11 @@ def run(
     for epoch in range(progress["epoch"], cfg.epochs + 1):
         start = time.perf_counter()
         if progress["order"] is None:
-            progress["order"], progress["sums"], progress["next_step"] = torch.from_numpy(generator.permutation(train_rows)), {}, 0
+            progress["order"], progress["sums"], progress["next_step"] = (
+                torch.from_numpy(generator.permutation(train_rows)),
+                {},
+                0,
+            )
         order = progress["order"].numpy()
         bar = Progress(steps_per_epoch, f"train {dataset}/{variant_name} epoch {epoch}", "step", initial=progress["next_step"])
         for i in range(progress["next_step"], steps_per_epoch):
@@ -184,7 +215,9 @@ def run(
                 terms = trainer(tokens.to(device), mask.to(device), store.text_batch(rows).to(device))
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                raise MascotError(f"train {dataset}/{variant_name}: the loss became {loss.item()} at step {progress['step']}; lower train.lr.")
+                raise MascotError(
+                    f"train {dataset}/{variant_name}: the loss became {loss.item()} at step {progress['step']}; lower train.lr."
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -212,7 +245,10 @@ def run(
             {
                 "epoch": epoch,
                 "step": progress["step"],
-                **{name: round(progress["sums"][name] / steps_per_epoch, 6) if name in progress["sums"] else "" for name in ("loss", *TERMS)},
+                **{
+                    name: round(progress["sums"][name] / steps_per_epoch, 6) if name in progress["sums"] else ""
+                    for name in ("loss", *TERMS)
+                },
                 "lr": optimizer.param_groups[0]["lr"],
                 "val_t2v_R1": round(val["t2v"]["R1"], 4),
                 "val_v2t_R1": round(val["v2t"]["R1"], 4),
@@ -221,7 +257,12 @@ def run(
         )
         log.info(
             "epoch %d: loss %s, val t2v R@1 %.1f, %s %.2f (%.1f s)",
-            epoch, progress["log_rows"][-1]["loss"], val["t2v"]["R1"], cfg.selection_metric, score, time.perf_counter() - start,
+            epoch,
+            progress["log_rows"][-1]["loss"],
+            val["t2v"]["R1"],
+            cfg.selection_metric,
+            score,
+            time.perf_counter() - start,
         )
         if score > progress["best"]:
             progress["best"], progress["best_epoch"] = score, epoch
@@ -249,7 +290,15 @@ def run(
     save_checkpoint(model.cpu(), meta, model_out)
     write_csv(log_out, EPOCH_FIELDS, progress["log_rows"])
     write_csv(steps_path(log_out), STEP_FIELDS, progress["step_rows"])
-    plot_curves(curve_path(log_out), f"{dataset} / {variant_name} / seed {seed}", progress["step_rows"], progress["log_rows"], progress["best_epoch"])
+    plot_curves(
+        curve_path(log_out),
+        f"{dataset} / {variant_name} / seed {seed}",
+        progress["step_rows"],
+        progress["log_rows"],
+        progress["best_epoch"],
+    )
     if state_dir is not None:
         resume.clear_state(state_dir)
-    log.info("train: selected epoch %d (val %s %.2f) → %s", progress["best_epoch"], cfg.selection_metric, progress["best"], model_out)
+    log.info(
+        "train: selected epoch %d (val %s %.2f) → %s", progress["best_epoch"], cfg.selection_metric, progress["best"], model_out
+    )

@@ -177,7 +177,9 @@ def _read_sequential(path: Path, start: float | None, end: float | None, num_fra
     return _clip(frames, len(indices), num_frames, size, decoder="pyav", substituted=tuple(sorted(substituted.items())))
 
 
-def read_clip(path: str | Path, start: float | None, end: float | None, num_frames: int, size: int, *, decoder: str = "auto") -> Clip:
+def read_clip(
+    path: str | Path, start: float | None, end: float | None, num_frames: int, size: int, *, decoder: str = "auto"
+) -> Clip:
     """Decode `num_frames` uniformly sampled frames of `path`, resized and centre-cropped.
 
     `decoder="auto"` tries decord and falls back to sequential PyAV decoding when decord fails;

@@ -62,7 +62,9 @@ def repair_spans(df: pd.DataFrame, source: Path) -> pd.DataFrame:
     """Swap inverted segments (2 in train.json, as PDVC's train_modified.json does) and clip to the duration."""
     inverted = df["start"] > df["end"]
     if inverted.any():
-        log.warning("%s: %d segments with start > end swapped, e.g. %s", source, int(inverted.sum()), df.loc[inverted, "video_id"].iloc[0])
+        log.warning(
+            "%s: %d segments with start > end swapped, e.g. %s", source, int(inverted.sum()), df.loc[inverted, "video_id"].iloc[0]
+        )
         df.loc[inverted, ["start", "end"]] = df.loc[inverted, ["end", "start"]].to_numpy()
     return df.assign(end=df[["end", "duration"]].min(axis=1), start=df[["start", "duration"]].min(axis=1))
 

@@ -76,7 +76,9 @@ class Didemo(RemoteDataset):
                     columns=["video", "annotation_id", "sentence", "segment"],
                 )
             except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
-                raise MascotError(f"{path}: not a LocalizingMoments annotation list (video, annotation_id, description, times): {exc}.") from None
+                raise MascotError(
+                    f"{path}: not a LocalizingMoments annotation list (video, annotation_id, description, times): {exc}."
+                ) from None
             if self.config.use_lists:
                 df = df[df["video"].isin(set(read_text_lines(ann / f"{split}_list.txt")))]
             parts.append(df.assign(split=split))

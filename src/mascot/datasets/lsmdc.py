@@ -62,12 +62,16 @@ class Lsmdc(RemoteDataset):
         parts = []
         for split, filename in SPLIT_FILES.items():
             df = read_split(ann / filename)
-            parts.append(pd.DataFrame({
-                "video_id": df["clip_id"],
-                "split": split,
-                "caption_id": [f"{split}-{i}" for i in range(len(df))],
-                "caption": df["sentence"],
-                "video_path": [f"{movie_of(c)}/{c}{self.VIDEO_EXT}" for c in df["clip_id"]],
-            }))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "video_id": df["clip_id"],
+                        "split": split,
+                        "caption_id": [f"{split}-{i}" for i in range(len(df))],
+                        "caption": df["sentence"],
+                        "video_path": [f"{movie_of(c)}/{c}{self.VIDEO_EXT}" for c in df["clip_id"]],
+                    }
+                )
+            )
         table = pd.concat(parts, ignore_index=True).assign(start=float("nan"), end=float("nan"))
         return normalize(table, source=str(ann))

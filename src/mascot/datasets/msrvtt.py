@@ -78,13 +78,17 @@ class Msrvtt(RemoteDataset):
                 "the JSON and the list do not belong together."
             )
         val = carve_val(train_ids, self.config.val_videos, self.config.val_seed, str(train_csv))
-        train = pd.DataFrame({
-            "video_id": train["video_id"],
-            "split": train["video_id"].map(lambda v: "val" if v in val else "train"),
-            "caption_id": "sen" + train["sen_id"].astype(str),
-            "caption": train["caption"],
-        })
-        test = pd.DataFrame({"video_id": test["video_id"], "split": "test", "caption_id": test["key"], "caption": test["sentence"]})
+        train = pd.DataFrame(
+            {
+                "video_id": train["video_id"],
+                "split": train["video_id"].map(lambda v: "val" if v in val else "train"),
+                "caption_id": "sen" + train["sen_id"].astype(str),
+                "caption": train["caption"],
+            }
+        )
+        test = pd.DataFrame(
+            {"video_id": test["video_id"], "split": "test", "caption_id": test["key"], "caption": test["sentence"]}
+        )
         table = pd.concat([train, test], ignore_index=True)
         table = table.assign(start=float("nan"), end=float("nan"), video_path=table["video_id"] + ".mp4")
         return normalize(table, source=str(ann))

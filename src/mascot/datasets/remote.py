@@ -48,7 +48,8 @@ class RemoteFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     url: str | None = Field(None, description="where to download it (null: it must be placed by hand)")
     checksum: str | None = Field(
-        None, description="sha256:<hex> | md5:<hex> | gitblob:<hex> of the downloaded file (of a plain file: also of the placed one)"
+        None,
+        description="sha256:<hex> | md5:<hex> | gitblob:<hex> of the downloaded file (of a plain file: also of the placed one)",
     )
     archive: bool = Field(False, description="unpack it (zip or tar) instead of keeping it")
     root: str = Field("", description="folder inside the archive whose contents are kept")
@@ -85,12 +86,14 @@ class RemoteDatasetConfig(DatasetConfig):
     )
     download_workers: int = Field(8, ge=1, description="parallel per-video downloads")
     verify_placed: bool = Field(
-        True, description="check files placed under source_dir against the release checksums; false for a subset or a "
-        "copy of your own (downloaded files are always checked)"
+        True,
+        description="check files placed under source_dir against the release checksums; false for a subset or a "
+        "copy of your own (downloaded files are always checked)",
     )
     link_placed: bool = Field(
-        False, description="hard-link files from source_dir instead of copying them: no second copy, but DVC's cache then "
-        "shares them and makes them read-only (never edit them in place)"
+        False,
+        description="hard-link files from source_dir instead of copying them: no second copy, but DVC's cache then "
+        "shares them and makes them read-only (never edit them in place)",
     )
 
     DEFAULT_FILES: ClassVar[dict[str, dict]] = {}
@@ -198,7 +201,13 @@ class RemoteDataset(DatasetSource):
                     f"{what}: {member.file} is missing after placing {name}; the archive's layout may have changed. "
                     f"Check `root` and `members` of {what} in params.yaml."
                 )
-            verify(path, member.checksum, what, key=f"{what}.{suffix}", fix=None if placed is None else self._placed_fix(f"{what}.{suffix}"))
+            verify(
+                path,
+                member.checksum,
+                what,
+                key=f"{what}.{suffix}",
+                fix=None if placed is None else self._placed_fix(f"{what}.{suffix}"),
+            )
 
     def _placed_fix(self, key: str) -> str:
         """What to do when a file placed by hand is not the release's."""
@@ -232,7 +241,9 @@ class RemoteDataset(DatasetSource):
             return None
 
         with ThreadPoolExecutor(self.config.download_workers) as pool:
-            failed = [r for r in tqdm(pool.map(one, jobs), total=len(jobs), desc=f"{self.name} videos", unit="video", disable=None) if r]
+            failed = [
+                r for r in tqdm(pool.map(one, jobs), total=len(jobs), desc=f"{self.name} videos", unit="video", disable=None) if r
+            ]
         if failed:
             log.warning("%s: %d of %d video downloads failed (listed in %s)", self.name, len(failed), len(jobs), MISSING)
 
@@ -246,7 +257,8 @@ class RemoteDataset(DatasetSource):
         if missing.empty:
             return
         per_split = ", ".join(
-            f"{s}: {int((missing['split'] == s).sum())} of {int((videos['split'] == s).sum())}" for s in sorted(set(videos["split"]))
+            f"{s}: {int((missing['split'] == s).sum())} of {int((videos['split'] == s).sum())}"
+            for s in sorted(set(videos["split"]))
         )
         fraction = len(missing) / len(videos)
         log.warning("%s: %d of %d videos missing (%s)", self.name, len(missing), len(videos), per_split)
@@ -264,8 +276,9 @@ class ParagraphConfig(RemoteDatasetConfig):
     """Datasets of videos with several timed sentences (ActivityNet Captions, DiDeMo)."""
 
     paragraph: bool = Field(
-        True, description="paper protocol: all sentences of a video joined into one query over the whole video; "
-        "false: every sentence is its own clip with its own time span"
+        True,
+        description="paper protocol: all sentences of a video joined into one query over the whole video; "
+        "false: every sentence is its own clip with its own time span",
     )
 
 

@@ -161,9 +161,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
 
 
 def caption(template: str, attrs: dict) -> str:
-    return template.format(
-        size=attrs["size"], colour=attrs["colour"], shape=attrs["shape"], motion=MOTIONS[attrs["motion"]][1]
-    )
+    return template.format(size=attrs["size"], colour=attrs["colour"], shape=attrs["shape"], motion=MOTIONS[attrs["motion"]][1])
 
 
 def draw_video(cfg: SyntheticConfig, index: int) -> tuple[np.random.Generator, dict, int]:
@@ -204,7 +202,9 @@ class SyntheticDataset(DatasetSource):
         jobs = [(cfg, index, split, video_dir) for index, split in enumerate(splits)]
         # Each video has its own generator, so the result does not depend on the number of workers.
         with ProcessPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            entries = list(tqdm(pool.map(_make_video, jobs, chunksize=16), total=len(jobs), desc="synthetic", unit="video", disable=None))
+            entries = list(
+                tqdm(pool.map(_make_video, jobs, chunksize=16), total=len(jobs), desc="synthetic", unit="video", disable=None)
+            )
         meta = {"fps": cfg.fps, "width": cfg.width, "height": cfg.height, "videos": entries}
         (Path(raw_dir) / self.ANNOTATION_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
