@@ -84,18 +84,18 @@ for _stage in DVC_STAGES:
             _inputs(_stage["deps"], PRODUCED),
         output:
             [directory(o) if _is_dir(o) else o for o in _stage["outs"]],
-        params:
-            cmd=_stage["cmd"],
-            dvc_params=_stage["params"],
-            launcher="python -m mascot.gpu_slot -- " if _res["gpu"] else "",
         log:
             f"logs/snakemake/{rule_name(_stage['address'])}.log",
+        conda:
+            "../envs/mascot.yaml"
         threads: _res["threads"]
         resources:
             mem_mb=_res["mem_mb"],
             runtime=_res["runtime"],
             gpu=_res["gpu"],
-        conda:
-            "../envs/mascot.yaml"
+        params:
+            cmd=_stage["cmd"],
+            dvc_params=_stage["params"],
+            launcher="python -m mascot.gpu_slot -- " if _res["gpu"] else "",
         shell:
             "{params.launcher}{params.cmd} > {log} 2>&1"
