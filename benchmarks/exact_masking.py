@@ -24,7 +24,6 @@ import multiprocessing
 import platform
 import resource
 import statistics
-import time
 
 import torch
 
@@ -33,6 +32,8 @@ from mascot.config import ClipConfig, MaskConfig, TrainConfig, VariantConfig
 from mascot.model import RetrievalModel
 from mascot.objective import Objective
 from mascot.train import optimizer_for
+
+from mascot_step import time_steps  # benchmarks/ is on sys.path when this file runs
 
 # model → (batch, frames, K of the online/inexact rows, words): the tiny default's training shape,
 # and ViT-B/32 at a CPU-sized batch with the paper's 12 frames.
@@ -78,20 +79,7 @@ def measure(
     size = model_config(model_name)["vision_cfg"]["image_size"]
     with torch.no_grad():
         per_frame = VisionPrefix(clip.visual, cached_blocks)(torch.zeros(1, 3, size, size)).shape[1:]
-    tokens = torch.randn(batch, frames, *per_frame)
-    mask = torch.ones(batch, frames, dtype=torch.bool)
-    text = torch.randint(1, 49000, (batch, words))
-    text[:, words // 2] = 49407
-    text[:, words // 2 + 1 :] = 0
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        loss = objective(tokens, mask, text)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    times = time_steps(objective, optimizer, per_frame, batch, frames, words, repeats, warmup)
     queue.put((statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 

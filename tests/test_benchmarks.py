@@ -44,3 +44,10 @@ def test_frame_extraction_benchmark_compares_both_routes(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2].endswith("×") and cells[3].endswith("×")
     assert cells[4].startswith("12.0 / 12.0 (same)")  # 4 s at 3 fps: 12 frames to sample from
+
+
+def test_exact_masking_benchmark_prints_every_design():
+    out = _run("benchmarks/exact_masking.py", "--configs", "mascot-tiny", "--batch", "2", "--repeats", "1", "--warmup", "0")
+    rows = [line for line in out.splitlines() if line.startswith("| mascot-tiny")]
+    assert [r.split(" | ")[1] for r in rows] == ["whole tower", "online frozen blocks", "cached frozen blocks (inexact)"]
+    assert rows[0].split(" | ")[5] == "1.00×"

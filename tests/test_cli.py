@@ -47,7 +47,7 @@ def test_preset_apply_rewrites_the_params_file(tmp_path):
     assert out.returncode == 0, out.stderr
     expected = presets.apply(yaml.safe_load((REPO / "params.yaml").read_text()), "lsmdc-vit-b-16")
     assert yaml.safe_load(params.read_text()) == expected
-    assert "preset lsmdc-vit-b-16 applied" in out.stderr
+    assert "preset lsmdc-vit-b-16 applied" in out.stdout + out.stderr
 
 
 def test_unknown_preset_is_one_paragraph_without_traceback():
