@@ -27,7 +27,7 @@ import statistics
 
 import torch
 
-from mascot.clip_model import VisionPrefix, VisionTop, _Blocks, create_clip, model_config, vision_layers
+from mascot.clip_model import VisionPrefix, VisionTop, _Blocks, create_clip, drop_tokens, model_config, vision_layers
 from mascot.config import ClipConfig, MaskConfig, TrainConfig, VariantConfig
 from mascot.model import RetrievalModel
 from mascot.objective import Objective
@@ -53,8 +53,7 @@ class OnlineFrozenTop(VisionTop):
 
     def run(self, tokens, keep=None, attention=False):
         if keep is not None:
-            index = keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]) + 1
-            tokens = torch.cat([tokens[:, :1], torch.gather(tokens, 1, index)], dim=1)
+            tokens = drop_tokens(tokens, keep)
         with torch.no_grad():
             tokens = self.frozen(tokens)
         return super().run(tokens, None, attention)

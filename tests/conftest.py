@@ -15,9 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-# Tests that `make test-fast` leaves out (marked `heavy` at collection): those that need the tiny
-# dataset's frames or features, or a pipeline run, and the files that spawn long subprocesses.
-HEAVY_FIXTURES = {"tiny_frames", "tiny_features", "serial_frames", "dvc_pipeline", "smk_repo"}
+# Tests that `make test-fast` leaves out (marked `heavy` at collection): those that decode the tiny
+# dataset's videos or need its frames or features, a pipeline run or a full-size ViT-B tower, and
+# the files that spawn long subprocesses. Tests that decode the real sample videos, read the full
+# real annotation files or render synthetic videos carry `@pytest.mark.heavy` themselves.
+HEAVY_FIXTURES = {"tiny_raw", "tiny_frames", "tiny_features", "serial_frames", "dvc_pipeline", "smk_repo", "vit_b_32_quickgelu"}
 HEAVY_FILES = {"test_distributed.py", "test_benchmarks.py"}
 
 

@@ -51,3 +51,25 @@ def test_exact_masking_benchmark_prints_every_design():
     rows = [line for line in out.splitlines() if line.startswith("| mascot-tiny")]
     assert [r.split(" | ")[1] for r in rows] == ["whole tower", "online frozen blocks", "cached frozen blocks (inexact)"]
     assert rows[0].split(" | ")[5] == "1.00×"
+
+
+def test_train_memory_counts_saved_storages_once():
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("train_memory", REPO / "benchmarks" / "train_memory.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    x = torch.randn(100, requires_grad=True)
+    assert module.saved_bytes(lambda: (x * x).sum()) == 400  # x saved twice, one fp32 storage
+    assert module.saved_bytes(lambda: (x + 1).sum()) == 0  # addition saves nothing
+
+
+def test_train_memory_smoke_shows_what_checkpointing_saves():
+    out = _run("benchmarks/train_memory.py", "--smoke")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| mascot-tiny")]
+    assert [r[1].strip() for r in rows] == ["meanP", "mascot"]
+    for row in rows:
+        fp32, bf16, ckpt = (float(cell.split()[0]) for cell in row[4:7])
+        assert ckpt < bf16 < fp32  # per frame: checkpointing keeps less than bf16, bf16 less than fp32

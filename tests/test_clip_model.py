@@ -46,6 +46,43 @@ def test_registry_and_checks():
         tokenizer("mascot-tiny", 100)
 
 
+def test_drop_tokens_keeps_cls_then_the_kept_patches_in_order():
+    from mascot.clip_model import drop_tokens
+
+    tokens = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)  # CLS + 4 patches
+    out = drop_tokens(tokens, torch.tensor([[3, 0], [1, 2]]))
+    assert torch.equal(out, torch.stack([tokens[0, [0, 4, 1]], tokens[1, [0, 2, 3]]]))
+
+
+def test_normalization_is_open_clips_openai_mean_and_std_by_default(clip):
+    from types import SimpleNamespace
+
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from mascot.clip_model import normalization
+
+    expected = (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
+    assert normalization(clip) == expected
+    assert normalization(SimpleNamespace(visual=SimpleNamespace())) == expected  # a tower that records none
+
+
+def test_objective_and_check_split_give_one_k_equal_l_message():
+    from mascot.clip_model import masking_needs_whole_tower
+    from mascot.config import load_params
+    from mascot.model import RetrievalModel
+    from mascot.objective import Objective
+
+    from .conftest import REPO
+
+    variant = load_params(REPO / "params.yaml").variant("mascot")
+    with pytest.raises(ConfigError) as error:
+        Objective(RetrievalModel(create_clip(ClipConfig()), 2, variant, 2), variant)
+    assert str(error.value) == masking_needs_whole_tower(2, 4)
+    assert str(error.value).startswith("This variant masks patches (`objective: mascot`), but `train.trainable_blocks: 2`")
+    with pytest.raises(ConfigError, match=r"^`train --variant` lists `mascot`, which mask patches.* of mascot-tiny\."):
+        check_split("mascot-tiny", 2, {"train --variant": ["mascot"], "variants": []})
+
+
 def test_local_checkpoint_is_loaded(tmp_path, clip):
     path = tmp_path / "tiny.pt"
     torch.save(clip.state_dict(), path)
@@ -111,6 +148,15 @@ def test_every_preset_backbone_builds_the_activation_of_openai_weights(backbone,
 def test_openai_weights_in_a_gelu_tower_are_a_config_error(model):
     with pytest.raises(ConfigError, match=rf"trained with QuickGELU.*`clip.model: {model}-quickgelu`"):
         create_clip(ClipConfig(model=model, pretrained="openai"))
+
+
+def test_a_tag_is_looked_up_under_the_model_then_under_its_sibling_config():
+    from mascot.clip_model import pretrained_tag
+
+    assert pretrained_tag("ViT-B-32-quickgelu", "openai")[0] == "ViT-B-32-quickgelu"
+    name, entry = pretrained_tag("ViT-B-32-quickgelu", "laion2b_s34b_b79k")  # listed for the GELU config only
+    assert name == "ViT-B-32" and entry and not entry.get("quick_gelu", False)
+    assert pretrained_tag("mascot-tiny", "openai") == ("", {})
 
 
 def test_gelu_tag_in_a_quickgelu_tower_is_a_config_error():

@@ -132,7 +132,7 @@ def test_every_masked_variant_of_the_repository_runs_at_k_equal_l():
     from mascot.clip_model import check_split
 
     params = load_params(REPO / "params.yaml")
-    masked = [n for n in params.variants + params.ablation.variants if params.variant(n).mask is not None]
+    masked = params.masked_variants()
     assert masked and check_split(params.clip.model, params.train.trainable_blocks, masked) == params.train.trainable_blocks
 
 
@@ -240,6 +240,21 @@ def test_masked_ablation_variants_count_for_the_features_cache():
     raw = tiny_params_dict()
     raw["variants"], raw["ablation"]["variants"], raw["train"]["trainable_blocks"] = ["meanP"], ["isc_both"], 2
     params = parse_params(raw)
-    assert params.masked_variants() == ["isc_both"]
-    with pytest.raises(ConfigError, match=r"`isc_both`.*`train.trainable_blocks: 4`"):
+    assert params.masked_variants() == {"ablation.variants": ["isc_both"]}
+    with pytest.raises(ConfigError) as error:
+        check_split(params.clip.model, params.train.trainable_blocks, params.masked_variants())
+    # the message names the key that lists the variant, and only that one
+    assert str(error.value).startswith("`ablation.variants` lists `isc_both`, which mask patches")
+    assert "`train.trainable_blocks: 4`" in str(error.value) and "`variants`" not in str(error.value)
+    assert "remove the masked variants from `ablation.variants`" in str(error.value)
+
+
+def test_masked_variants_are_named_with_the_key_that_lists_them():
+    from mascot.clip_model import check_split
+
+    raw = tiny_params_dict()
+    raw["variants"], raw["ablation"]["variants"], raw["train"]["trainable_blocks"] = ["meanP", "mascot"], ["isc_both"], 2
+    params = parse_params(raw)
+    assert params.masked_variants() == {"variants": ["mascot"], "ablation.variants": ["isc_both"]}
+    with pytest.raises(ConfigError, match=r"^`variants` lists `mascot` and `ablation.variants` lists `isc_both`, which mask"):
         check_split(params.clip.model, params.train.trainable_blocks, params.masked_variants())

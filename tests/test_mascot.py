@@ -45,7 +45,9 @@ def _batch(b: int = 4, t: int = 4, n_patches: int = 16, width: int = 128, words:
 # --- the vision tower runner -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["mascot-tiny", "ViT-B-32", "ViT-B-16"])
+@pytest.mark.parametrize(
+    "name", ["mascot-tiny", pytest.param("ViT-B-32", marks=pytest.mark.heavy), pytest.param("ViT-B-16", marks=pytest.mark.heavy)]
+)
 def test_runner_with_every_block_matches_open_clip(name):
     clip = create_clip(ClipConfig(model=name))
     depth = len(clip.visual.transformer.resblocks)
@@ -120,7 +122,7 @@ def test_masked_view_is_bit_identical_when_dropped_pixels_change(name, k):
     clip = create_clip(ClipConfig())
     if k < depth:  # the cached frozen blocks would mix dropped patches into every token: refused
         with pytest.raises(ConfigError, match=r"`train.trainable_blocks: 4`"):
-            check_split("mascot-tiny", k, [name])
+            check_split("mascot-tiny", k, {"variants": [name]})
         with pytest.raises(ConfigError, match="trainable_blocks"):
             Objective(RetrievalModel(clip, k, variant, 2), variant)
         return
@@ -374,3 +376,34 @@ def test_mascot_fits_eight_pairs(tiny_features):
         sim = (model.encode_text(text) @ model.encode_video(tokens, mask).t()).numpy()
     metrics = text_video_metrics(sim, np.arange(8))
     assert metrics["t2v"]["R1"] == 100.0 and metrics["v2t"]["R1"] == 100.0
+
+
+@pytest.mark.parametrize("name", ["meanP", "seqTransf", "random_masks", "mascot"])
+def test_grad_checkpointing_gives_the_plain_steps_loss_and_gradients(name, monkeypatch):
+    """train.grad_checkpointing recomputes every block (vision, attention-returning last block, text)
+    in the backward pass: the same computation, so the loss and every gradient are bit-identical."""
+    variant = load_params(REPO / "params.yaml").variant(name)
+    recomputed = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        recomputed.append(fn)
+        return original(fn, *args, **kwargs)
+
+    monkeypatch.setattr("mascot.clip_model.checkpoint", counting)
+    monkeypatch.setattr("open_clip.transformer.checkpoint", counting)
+    results = []
+    for enabled in (False, True):
+        objective, _ = _objective(variant)
+        objective.model.set_grad_checkpointing(enabled)
+        torch.manual_seed(3)  # the same random masks in both runs
+        loss = objective(*_batch())["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in objective.named_parameters() if p.grad is not None}))
+    (plain_loss, plain), (ckpt_loss, ckpt) = results
+    vision, text = objective.model.vision.blocks.blocks, objective.model.text.transformer.resblocks
+    assert len(recomputed) >= len(vision) + len(text)  # every block of both towers was checkpointed
+    assert torch.equal(plain_loss, ckpt_loss)
+    assert plain.keys() == ckpt.keys() and len(plain) > 0
+    for n, g in plain.items():
+        assert torch.equal(g, ckpt[n]), n

@@ -136,6 +136,7 @@ def _shared_raw(tmp_path: Path, name: str, folder: str) -> Path:
 
 
 @needs_shared
+@pytest.mark.heavy
 def test_real_msrvtt_counts(tmp_path):
     raw = _shared_raw(tmp_path, "msrvtt", "msrvtt")
     # MSRVTT_data.json (4 MiB) is not among the shared files: 20 made-up captions per listed video.
@@ -153,6 +154,7 @@ def test_real_msrvtt_counts(tmp_path):
 
 
 @needs_shared
+@pytest.mark.heavy
 def test_real_activitynet_counts(tmp_path):
     raw = _shared_raw(tmp_path, "activitynet", "activitynet")
     c = counts(dataset("activitynet", val_videos=500).read_annotations(raw))
@@ -162,6 +164,7 @@ def test_real_activitynet_counts(tmp_path):
 
 
 @needs_shared
+@pytest.mark.heavy
 def test_real_didemo_counts(tmp_path):
     raw = _shared_raw(tmp_path, "didemo", "didemo")
     # train_data.json (4 MiB) is not among the shared files: one made-up moment per listed video.

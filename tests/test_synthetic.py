@@ -2,11 +2,13 @@ import json
 
 import decord
 import numpy as np
+import pytest
 
 from mascot.datasets import get_dataset
 from mascot.datasets.synthetic import MOTIONS, PALETTE, SyntheticConfig, draw_video, render_video
 
 
+@pytest.mark.heavy
 def test_deterministic_and_decodable(tmp_path):
     cfg = SyntheticConfig(videos={"train": 3, "val": 1, "test": 1})
     a, b = tmp_path / "a", tmp_path / "b"
@@ -47,6 +49,7 @@ def _interior(mask: np.ndarray, margin: int = 2) -> np.ndarray:
     return inner
 
 
+@pytest.mark.heavy
 def test_the_foreground_shape_is_where_the_generator_drew_it(tmp_path):
     cfg = SyntheticConfig(videos={"train": 3, "val": 1, "test": 1})
     get_dataset("synthetic", cfg).download(tmp_path, tmp_path / "cache")

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -83,11 +84,13 @@ def test_main_table_of_a_real_dataset_shows_published_rows_apart(tmp_path, tiny_
     separator = next(i for i, line in enumerate(lines) if "Published (not measured here)" in line)
     measured = next(i for i, line in enumerate(lines) if line.startswith("| CLIP4Clip-meanP"))
     assert measured < separator
-    clip4clip = next(line for line in lines[separator:] if line.startswith("| CLIP4Clip (seqTransf) (ViT-B/32)"))
-    assert "| published | 44.5 |" in clip4clip
+    clip4clip = next(line for line in lines[separator:] if line.startswith("| CLIP4Clip (ViT-B/32)"))
+    assert "| published | 44.5 | 71.4 | 81.6 | 2.0 | 15.3 | 42.7 |" in clip4clip
+    xpool = next(line for line in lines[separator:] if line.startswith("| X-Pool (ViT-B/32)"))
+    assert xpool.rstrip(" |").endswith("| – | – | – | – | –")  # a direction the source does not give
     mascot = next(line for line in lines[separator:] if line.startswith("| MASCOT (ViT-B/32)"))
     assert tables.NOT_TRANSCRIBED in mascot and not any(ch.isdigit() for ch in mascot.split("|", 2)[2].replace("B/32", ""))
-    assert "Luo et al., CLIP4Clip" in md and "Fang et al., MASCOT" in md  # every published value has its source
+    assert "VidLA" in md and "Fang et al., MASCOT" in md  # every published value has its source
     tex = (out / "msrvtt" / "main.tex").read_text()
     assert "Published (not measured here)" in tex and "44.5" in tex
     tables.run(params, "msrvtt", [metrics / "msrvtt"], out / "ablation", REPO / "references" / "published.yaml", ablation=True)
@@ -99,6 +102,14 @@ def test_published_reference_file_is_valid_and_strict(tmp_path):
     assert {"msrvtt", "lsmdc", "activitynet", "didemo"} <= set(rows)
     assert all(r.source for rs in rows.values() for r in rs)
     assert any(r.method == "MASCOT" and not r.transcribed for r in rows["lsmdc"])
+    for dataset, entries in rows.items():
+        assert any(r.transcribed for r in entries), f"{dataset}: no published baseline"
+        for r in (r for r in entries if r.transcribed):
+            # A reader can find every number: a paper's table, or a README pinned to a commit.
+            assert re.search(r"Table \d|/blob/[0-9a-f]{40}/", r.source), (dataset, r.method, r.source)
+            for direction in (r.t2v, r.v2t):
+                recalls = [v for v in (direction.R1, direction.R5, direction.R10) if v is not None]
+                assert recalls == sorted(recalls) and all(0 < v <= 100 for v in recalls), (dataset, r.method)  # a typo guard
     bad = tmp_path / "published.yaml"
     bad.write_text("msrvtt:\n  - {method: X, backbone: ViT-B/32, t2v: {R1: 40.0}}\n")
     with pytest.raises(MascotError, match=r"published.yaml: entry 0 of `msrvtt`.*source"):

@@ -214,3 +214,30 @@ def test_random_weights_warning_only_when_they_would_barely_train(tiny_params, c
     )
     train.warn_random_weights_at_low_lr(params)
     assert any("clip.pretrained is null" in r.getMessage() for r in caplog.records) == warns
+
+
+@pytest.mark.parametrize(
+    "variants, ablation, key",
+    [
+        (["mascot"], ["meanP"], "variants"),
+        (["meanP"], ["mascot"], "ablation.variants"),
+        (["meanP"], ["seqTransf"], "train --variant"),
+    ],
+)
+def test_a_masked_variant_at_k_below_l_names_the_key_that_lists_it(variants, ablation, key):
+    """The train stage's K = L error names where its variant was listed (dvc.yaml runs the ablation rows too)."""
+    from types import SimpleNamespace
+
+    from mascot.config import parse_params
+    from mascot.errors import ConfigError
+
+    from .conftest import tiny_params_dict
+
+    raw = tiny_params_dict()
+    raw["variants"], raw["ablation"]["variants"], raw["train"]["trainable_blocks"] = variants, ablation, 2
+    params = parse_params(raw)
+    store = SimpleNamespace(meta={"trainable_blocks": 2, "model": params.clip.model})
+    with pytest.raises(
+        ConfigError, match=rf"^`{key}` lists `mascot`, which mask patches.*remove the masked variants from `{key}`"
+    ):
+        train.check_inputs(params, "features", store, "mascot", params.variant("mascot"))

@@ -165,6 +165,7 @@ FRAME_COUNTS = {
 
 
 @needs_samples
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", sorted(FRAME_COUNTS))
 def test_real_samples_every_frame(name):
     clip = read_clip(SAMPLES / name, None, None, 400, 16)
@@ -174,6 +175,7 @@ def test_real_samples_every_frame(name):
 
 
 @needs_samples
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", sorted(FRAME_COUNTS))
 def test_real_samples_both_decoders_agree(name):
     auto = read_clip(SAMPLES / name, None, None, 12, 32)

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import functools
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ClipConfig
 from .errors import ConfigError, MascotError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @functools.cache
@@ -59,6 +60,18 @@ def is_torchscript_archive(path: str | Path) -> bool:
         return False
 
 
+def pretrained_tag(model: str, tag: str) -> tuple[str, dict]:
+    """The config open_clip registers a pretrained tag under, and its entry: `model`'s own, else its
+    sibling's (plain ↔ -quickgelu; GELU tags are not listed for -quickgelu and vice versa); ("", {})
+    when neither lists it. open_clip itself loads a tag only from the model's own entry."""
+    sibling = model.removesuffix("-quickgelu") if model.endswith("-quickgelu") else f"{model}-quickgelu"
+    for name in (model, sibling):
+        entry = open_clip.get_pretrained_cfg(name, tag)
+        if entry:
+            return name, entry
+    return "", {}
+
+
 def check_activation(cfg: ClipConfig) -> None:
     """Pretrained weights must run with the activation they were trained with.
 
@@ -70,9 +83,7 @@ def check_activation(cfg: ClipConfig) -> None:
     if cfg.pretrained is None:
         return
     model_quick = bool(model_config(cfg.model).get("quick_gelu", False))
-    # A tag may be registered only under the sibling config (GELU tags are not listed for -quickgelu).
-    sibling = cfg.model.removesuffix("-quickgelu") if cfg.model.endswith("-quickgelu") else f"{cfg.model}-quickgelu"
-    tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) or open_clip.get_pretrained_cfg(sibling, cfg.pretrained)
+    _, tag_cfg = pretrained_tag(cfg.model, cfg.pretrained)  # the sibling's entry too: it says how the tag was trained
     if tag_cfg:
         needs_quick, source = bool(tag_cfg.get("quick_gelu", False)), f"the pretrained tag `{cfg.pretrained}`"
     elif Path(cfg.pretrained).is_file() and is_torchscript_archive(cfg.pretrained):
@@ -109,9 +120,11 @@ def create_clip(cfg: ClipConfig) -> nn.Module:
     """Build the open_clip model named in `clip:` (weights per `clip.pretrained`), in eval mode."""
     model_config(cfg.model)
     check_activation(cfg)
+    # A tag of the sibling config only never gets here with open_clip's registry (check_activation
+    # refuses it: its activation differs); open_clip would not load it either.
     if (
         cfg.pretrained is not None
-        and not open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)
+        and pretrained_tag(cfg.model, cfg.pretrained)[0] != cfg.model
         and not Path(cfg.pretrained).is_file()
     ):
         raise ConfigError(
@@ -142,48 +155,86 @@ def create_clip(cfg: ClipConfig) -> nn.Module:
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pixel mean and std the model's weights expect (open_clip's OpenAI values when it says none)."""
     visual = model.visual
-    return tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN), tuple(getattr(visual, "image_std", None) or OPENAI_STD)
+    mean = getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
+    return tuple(mean), tuple(getattr(visual, "image_std", None) or OPENAI_DATASET_STD)
 
 
-def check_split(model_name: str, trainable_blocks: int, masked_variants: list[str] | tuple = ()) -> int:
-    """Validate K against the tower depth L (and K = L when a masked variant is trained); return L."""
+def check_split(model_name: str, trainable_blocks: int, masked_variants: Mapping[str, Sequence[str]] | None = None) -> int:
+    """Validate K against the tower depth L (and K = L when a masked variant is trained); return L.
+
+    masked_variants: where the masked variants were listed (`variants`, `ablation.variants`, or
+    `train --variant` for a train-stage variant in neither) → their names, so that the error names
+    the key to edit.
+    """
     depth = vision_layers(model_name)
     if not 1 <= trainable_blocks <= depth:
         raise ConfigError(
             f"`train.trainable_blocks: {trainable_blocks}` must be between 1 and the {depth} vision blocks of {model_name}."
         )
-    if masked_variants and trainable_blocks < depth:
-        raise ConfigError(masking_needs_whole_tower(model_name, trainable_blocks, depth, masked_variants))
+    listed = {where: names for where, names in (masked_variants or {}).items() if names}
+    if listed and trainable_blocks < depth:
+        raise ConfigError(masking_needs_whole_tower(trainable_blocks, depth, listed, model_name))
     return depth
 
 
-def masking_needs_whole_tower(model_name: str, trainable_blocks: int, depth: int, masked_variants) -> str:
-    names = ", ".join(f"`{v}`" for v in masked_variants)
+def masking_needs_whole_tower(
+    trainable_blocks: int, depth: int, masked_variants: Mapping[str, Sequence[str]] | None = None, model_name: str | None = None
+) -> str:
+    """The K = L guard's message (check_split, Objective). masked_variants as in check_split; None
+    for a variant known by its settings only (Objective has no name for it, nor the model's)."""
+    if masked_variants:
+        subject = " and ".join(
+            f"`{where}` lists {', '.join(f'`{v}`' for v in names)}" for where, names in masked_variants.items()
+        )
+        subject += ", which mask patches"
+        remedy = "remove the masked variants from " + " and ".join(f"`{where}`" for where in masked_variants)
+    else:
+        subject, remedy = "This variant masks patches", "train a variant without `mask`"
     return (
-        f"`variants` lists {names}, which mask patches (`objective: mascot`), but `train.trainable_blocks: "
-        f"{trainable_blocks}` caches the output of the first {depth - trainable_blocks} of the {depth} vision blocks of "
-        f"{model_name}. Those blocks have already mixed every patch into every token, so a view that drops patch "
-        f"tokens after them would still carry the dropped patches. Set `train.trainable_blocks: {depth}` (the whole "
-        "tower runs on the cached patch embeddings, as in the paper's end-to-end fine-tuning) or remove the masked "
-        'variants from `variants` (docs/model.md, "Exact masking").'
+        f"{subject} (`objective: mascot`), but `train.trainable_blocks: {trainable_blocks}` caches the output of the "
+        f"first {depth - trainable_blocks} of the {depth} vision blocks{f' of {model_name}' if model_name else ''}. "
+        "Those blocks have already mixed every patch into every token, so a view that drops patch tokens after them "
+        f"would still carry the dropped patches. Set `train.trainable_blocks: {depth}` (the whole tower runs on the "
+        f"cached patch embeddings, as in the paper's end-to-end fine-tuning) or {remedy} "
+        '(docs/model.md, "Exact masking").'
     )
 
 
-class _Blocks(nn.Module):
-    """Run a slice of open_clip resblocks on batch-first tokens, whatever layout the tower uses."""
+def drop_tokens(tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Tokens (n, 1 + N, width) → (n, 1 + P, width): the CLS token, then the patches `keep` (n, P)
+    indexes in [0, N), in that order (how a masked view is encoded: by dropping the other patches)."""
+    index = keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]) + 1
+    return torch.cat([tokens[:, :1], torch.gather(tokens, 1, index)], dim=1)
 
-    def __init__(self, blocks: list[nn.Module], batch_first: bool):
+
+class _Blocks(nn.Module):
+    """Run a slice of open_clip resblocks on batch-first tokens, whatever layout the tower uses.
+
+    With `checkpointing` (train.grad_checkpointing) each block keeps only its input for the backward
+    pass and recomputes its activations there: the same gradients for about a third more compute.
+    """
+
+    def __init__(self, blocks: list[nn.Module], batch_first: bool, checkpointing: bool = False):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.batch_first = batch_first
+        self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.batch_first:
             x = x.transpose(0, 1)
         for block in self.blocks:
-            x = block(x)
+            x = recomputed(block, x) if self.checkpointing else block(x)
         return x if self.batch_first else x.transpose(0, 1)
+
+
+def recomputed(fn, *args):
+    """fn(*args), its activations recomputed in the backward pass instead of kept (when grads are on)."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False)
 
 
 class VisionPrefix(nn.Module):
@@ -242,7 +293,8 @@ class VisionTop(nn.Module):
         blocks = list(visual.transformer.resblocks)
         self.blocks = _Blocks(blocks[len(blocks) - trainable_blocks :], visual.transformer.batch_first)
         # Dropping tokens is a mask only when no block has mixed them yet (K = L): see masking_needs_whole_tower.
-        self.whole_tower = trainable_blocks == len(blocks)
+        self.depth = len(blocks)  # L
+        self.whole_tower = trainable_blocks == self.depth
         self.ln_post = visual.ln_post
         self.proj = visual.proj
         # Frozen patch position embeddings (no CLS; part of the cached prefix): the ISC decoder's
@@ -263,12 +315,12 @@ class VisionTop(nn.Module):
         None keeps all. attention: also return the last block's CLS→patch attention.
         """
         if keep is not None:
-            index = keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]) + 1
-            tokens = torch.cat([tokens[:, :1], torch.gather(tokens, 1, index)], dim=1)
+            tokens = drop_tokens(tokens, keep)
         weights = None
         if attention:
             *head, last = self.blocks.blocks
-            x, weights = block_with_attention(last, _Blocks(head, self.blocks.batch_first)(tokens))
+            x = _Blocks(head, self.blocks.batch_first, self.blocks.checkpointing)(tokens)
+            x, weights = recomputed(block_with_attention, last, x) if self.blocks.checkpointing else block_with_attention(last, x)
             weights = weights[:, 0, 1:]
         else:
             x = self.blocks(tokens)

@@ -76,12 +76,21 @@ class FramesConfig(Section):
     )
 
 
-class FeaturesConfig(Section):
+class ComputeConfig(Section):
+    """Where a stage computes (features, train, evaluate: one selection, devices.py)."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else the CPU")
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="autocast precision on CUDA (fp16 adds loss scaling in train); the CPU computes in fp32"
+    )
+
+
+class FeaturesConfig(ComputeConfig):
     max_words: int = Field(32, ge=3, le=77, description="caption length in tokens (incl. start/end tokens)")
     batch_size: int = Field(64, ge=1, description="frames encoded per forward pass")
 
 
-class TrainConfig(Section):
+class TrainConfig(ComputeConfig):
     trainable_blocks: int = Field(
         4,
         ge=1,
@@ -108,9 +117,10 @@ class TrainConfig(Section):
     selection_metric: Literal["t2v_R1", "rsum"] = Field(
         "rsum", description="validation metric that picks the checkpoint (rsum = sum of R@1/5/10 both ways)"
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else the CPU")
-    precision: Literal["bf16", "fp16", "fp32"] = Field(
-        "bf16", description="autocast precision on CUDA (fp16 adds loss scaling); the CPU computes in fp32"
+    grad_checkpointing: bool = Field(
+        False,
+        description="recompute the transformer blocks' activations in the backward pass instead of storing them: "
+        "the same gradients, about a third more compute, a fraction of the activation memory (README, 'Memory')",
     )
     checkpoint_every: int = Field(
         0, ge=0, description="also save the resumable training state every this many steps (0: at epoch ends only)"
@@ -203,7 +213,7 @@ def resolve_variant(spec: VariantSpec, mascot: MascotConfig) -> VariantConfig:
     return VariantConfig.model_validate({**temporal, **merged})
 
 
-class EvaluateConfig(Section):
+class EvaluateConfig(ComputeConfig):
     batch_size: int = Field(256, ge=1, description="videos / captions embedded per forward pass")
     chunk_size: int = Field(1024, ge=1, description="captions per chunk of the similarity matrix (memory: chunk x videos)")
     dsl_scale: float = Field(
@@ -277,10 +287,13 @@ class Params(Section):
             raise ConfigError(f"params.yaml has no `data.{name}` section; known: {sorted(self.data)}.")
         return self.data[name]
 
-    def masked_variants(self) -> list[str]:
-        """The variants trained on this features cache (`variants` and `ablation.variants`) that mask
-        patches: they need K = L (clip_model.check_split)."""
-        return [name for name in self.variants + self.ablation.variants if self.variant(name).mask is not None]
+    def masked_variants(self) -> dict[str, list[str]]:
+        """The variants trained on this features cache that mask patches, by the key that lists them
+        (`variants`, `ablation.variants`; keys without any left out): they need K = L, and
+        clip_model.check_split's error names the key to edit."""
+        listed = {"variants": self.variants, "ablation.variants": self.ablation.variants}
+        masked = {key: [name for name in names if self.variant(name).mask is not None] for key, names in listed.items()}
+        return {key: names for key, names in masked.items() if names}
 
     def variant(self, name: str) -> VariantConfig:
         """The variant with MASCOT's shared settings applied."""

@@ -13,9 +13,10 @@ log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def select_device(name: str = "auto") -> torch.device:
+def select_device(name: str = "auto", key: str = "train.device") -> torch.device:
+    """`key` names the params.yaml key the choice came from, for the error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("`train.device: cuda` but no CUDA device is visible; use `auto` or `cpu`.")
+        raise ConfigError(f"`{key}: cuda` but no CUDA device is visible; set `{key}: auto` or `cpu`.")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

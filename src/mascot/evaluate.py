@@ -11,7 +11,7 @@ import torch
 from .atomic import write_json
 from .checkpoint import load_checkpoint
 from .config import EvaluateConfig, Params
-from .devices import describe, select_device
+from .devices import autocast, describe, select_device
 from .errors import MascotError
 from .features import FeatureStore
 from .metrics import embedding_metrics
@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def embed_split(
-    model: RetrievalModel, store: FeatureStore, split: str, batch_size: int
+    model: RetrievalModel, store: FeatureStore, split: str, batch_size: int, precision: str = "fp32"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Caption and video embeddings of a split, and each caption's video (row of the video array)."""
+    """Caption and video embeddings of a split, and each caption's video (row of the video array),
+    computed on the model's device (autocast at `precision` there when it is a GPU)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -33,27 +34,30 @@ def embed_split(
     if len(videos) == 0 or len(captions) == 0:
         raise MascotError(f"{store.root}: the `{split}` split has no videos or no captions to evaluate.")
     video_emb = []
-    with Progress(len(videos), f"embedding the {split} videos", "video") as bar:
+    with autocast(device, precision), Progress(len(videos), f"embedding the {split} videos", "video") as bar:
         for i in range(0, len(videos), batch_size):
             video_emb.append(model.encode_video(*(t.to(device) for t in store.video_batch(videos[i : i + batch_size]))).cpu())
             bar.update(len(videos[i : i + batch_size]))
     video_emb = torch.cat(video_emb)
-    text_emb = torch.cat(
-        [
-            model.encode_text(store.text_batch(captions[i : i + batch_size]).to(device)).cpu()
-            for i in range(0, len(captions), batch_size)
-        ]
-    )
+    with autocast(device, precision):
+        text_emb = torch.cat(
+            [
+                model.encode_text(store.text_batch(captions[i : i + batch_size]).to(device)).cpu()
+                for i in range(0, len(captions), batch_size)
+            ]
+        )
     column = {int(p): i for i, p in enumerate(videos)}
     caption_video = np.array([column[int(v)] for v in store.captions["video_index"].to_numpy()[captions]])
     model.train(was_training)
     return text_emb.float().numpy(), video_emb.float().numpy(), caption_video
 
 
-def evaluate_split(model: RetrievalModel, store: FeatureStore, split: str, cfg: EvaluateConfig, dsl: bool = False) -> dict:
+def evaluate_split(
+    model: RetrievalModel, store: FeatureStore, split: str, cfg: EvaluateConfig, precision: str = "fp32", dsl: bool = False
+) -> dict:
     """Metrics of a split, computed in caption chunks (never the whole captions × videos matrix);
     with `dsl`, also the DSL post-processed metrics, kept apart under "dsl"."""
-    text, video, caption_video = embed_split(model, store, split, cfg.batch_size)
+    text, video, caption_video = embed_split(model, store, split, cfg.batch_size, precision)
     metrics = embedding_metrics(text, video, caption_video, cfg.chunk_size, cfg.dsl_scale if dsl else None)
     return {**metrics, "num_videos": len(video), "num_captions": len(text)}
 
@@ -61,10 +65,11 @@ def evaluate_split(model: RetrievalModel, store: FeatureStore, split: str, cfg: 
 def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None:
     store = FeatureStore.open(features_dir)
     model, meta = load_checkpoint(checkpoint)
-    device = select_device()
-    log.info("evaluate %s on %s", checkpoint, describe(device))
+    cfg = params.evaluate
+    device = select_device(cfg.device, "evaluate.device")
+    log.info("evaluate %s on %s", checkpoint, describe(device, cfg.precision))
     model.to(device)
-    result = evaluate_split(model, store, "test", params.evaluate, dsl=True)
+    result = evaluate_split(model, store, "test", cfg, precision=cfg.precision, dsl=True)
     result.update(
         {k: meta[k] for k in ("dataset", "variant_name", "seed", "best_epoch")}
         | {"selected_on": f"val {meta['selection_metric']}"}

@@ -22,28 +22,46 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .annotations import read_table
 from .atomic import atomic_dir
 from .clip_model import VisionPrefix, check_split, create_clip, normalization, tokenizer
 from .config import Params
+from .devices import autocast, describe, select_device
 from .errors import MascotError
 from .frames import open_frames
+from .progress import Progress
 from .storage import allocated_memmap, check_free, disk_full_is_an_error
 
 log = logging.getLogger(__name__)
 
 
-def encode_frames(prefix: VisionPrefix, frames: np.ndarray, mean, std, batch_size: int) -> np.ndarray:
-    """uint8 frames (n, S, S, 3) → fp16 tokens (n, 1 + N, width)."""
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
+def encode_frames(prefix: VisionPrefix, frames: np.ndarray, mean, std, batch_size: int, precision: str = "fp32") -> np.ndarray:
+    """uint8 frames (n, S, S, 3) → fp16 tokens (n, 1 + N, width), on the prefix's device: the uint8
+    frames travel as they are stored and are converted there."""
+    device = next(prefix.parameters()).device
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out = []
     for i in range(0, len(frames), batch_size):
-        x = torch.from_numpy(np.array(frames[i : i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
-        out.append(prefix((x - mean_t) / std_t).to(torch.float16).numpy())
+        x = torch.from_numpy(np.array(frames[i : i + batch_size])).to(device).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad(), autocast(device, precision):
+            out.append(prefix((x - mean_t) / std_t).to(torch.float16).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,), np.float16)
+
+
+def video_groups(num_valid: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive videos whose valid frames fill about one forward pass of `batch_size` frames
+    (a video longer than that is a group of its own), so that short videos share a batch."""
+    groups, start, filled = [], 0, 0
+    for i, n in enumerate(num_valid):
+        if i > start and filled + n > batch_size:
+            groups.append(np.arange(start, i))
+            start, filled = i, 0
+        filled += n
+    if len(num_valid) > start:
+        groups.append(np.arange(start, len(num_valid)))
+    return groups
 
 
 def _check_space(out: Path, shards: dict[str, np.ndarray], tokens_per_frame: tuple[int, ...]) -> None:
@@ -57,10 +75,16 @@ def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> 
     check_split(clip_cfg.model, k, params.masked_variants())
     index, shards = open_frames(frames_dir)
     meta_frames = json.loads((Path(frames_dir) / "meta.json").read_text())
+    device = select_device(params.features.device, "features.device")
+    batch_size, precision = params.features.batch_size, params.features.precision
+    log.info("features: %s, K = %d, on %s", clip_cfg.model, k, describe(device, precision))
     model = create_clip(clip_cfg)
-    prefix = VisionPrefix(model.visual, k).eval()
+    prefix = VisionPrefix(model.visual, k).eval().to(device)
     mean, std = normalization(model)
-    tokens_per_frame = prefix(torch.zeros(1, 3, meta_frames["image_size"], meta_frames["image_size"])).shape[1:]
+    with torch.no_grad():
+        tokens_per_frame = prefix(torch.zeros(1, 3, meta_frames["image_size"], meta_frames["image_size"], device=device)).shape[
+            1:
+        ]
 
     annotations = read_table(annotations_path)
     video_index = pd.Series(np.arange(len(index)), index=index["video_id"].to_numpy())
@@ -76,16 +100,21 @@ def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> 
     _check_space(out, shards, tuple(tokens_per_frame))
     with disk_full_is_an_error(Path(out).parent, "features"), atomic_dir(out) as tmp:
         feature_index = index.assign(shard=index["shard"].map(lambda s: f"vision-{s}"))
-        progress = tqdm(total=int(index["num_valid"].sum()), desc="features", unit="frame", disable=None)
-        for name, frames in shards.items():
-            rows = index[index["shard"] == name]
-            cache = allocated_memmap(tmp / f"vision-{name}", np.float16, (frames.shape[0], frames.shape[1], *tokens_per_frame))
-            for row, valid in zip(rows["row"], rows["num_valid"]):  # noqa: B905 -- two columns of one table
-                cache[row, :valid] = encode_frames(prefix, frames[row, :valid], mean, std, params.features.batch_size)
-                progress.update(valid)
-            cache.flush()
-            del cache
-        progress.close()
+        with Progress(int(index["num_valid"].sum()), "features", "frame") as progress:
+            for name, frames in shards.items():
+                rows = index[index["shard"] == name]
+                cache = allocated_memmap(
+                    tmp / f"vision-{name}", np.float16, (frames.shape[0], frames.shape[1], *tokens_per_frame)
+                )
+                row, valid = rows["row"].to_numpy(), rows["num_valid"].to_numpy()
+                for group in video_groups(valid, batch_size):
+                    batch = np.concatenate([frames[r, :v] for r, v in zip(row[group], valid[group])])  # noqa: B905 -- one table
+                    tokens = encode_frames(prefix, batch, mean, std, batch_size, precision)
+                    for r, v, offset in zip(row[group], valid[group], np.cumsum(valid[group]) - valid[group]):  # noqa: B905
+                        cache[r, :v] = tokens[offset : offset + v]
+                    progress.update(int(valid[group].sum()))
+                cache.flush()
+                del cache
         feature_index.to_parquet(tmp / "index.parquet", index=False)
         captions.to_parquet(tmp / "captions.parquet", index=False)
         tokens = tokenize(captions["caption"].tolist()) if len(captions) else torch.zeros(0, params.features.max_words)

@@ -123,6 +123,12 @@ class RetrievalModel(nn.Module):
         with torch.no_grad():
             self.logit_scale.clamp_(max=torch.log(torch.tensor(self.logit_scale_max)).item())
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the vision and text blocks' activations in the backward pass (train.grad_checkpointing):
+        activation memory per frame falls to the blocks' inputs (benchmarks/train_memory.py)."""
+        self.vision.blocks.checkpointing = enabled
+        self.text.transformer.grad_checkpointing = enabled
+
     def is_new_module(self, name: str) -> bool:
         """Parameters that are not CLIP's own (CLIP4Clip trains them at the full learning rate)."""
         return name.startswith("temporal.")

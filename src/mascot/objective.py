@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip_model import TowerOutput
+from .clip_model import TowerOutput, masking_needs_whole_tower
 from .config import VariantConfig
 from .distributed import gather
 from .errors import ConfigError
@@ -62,12 +62,7 @@ class Objective(nn.Module):
         self.variant = variant
         masking = variant.mask is not None
         if masking and not model.vision.whole_tower:
-            depth = len(model.vision.blocks.blocks)
-            raise ConfigError(
-                f"This variant masks patches but the model runs only the top {depth} vision blocks on cached tokens: a "
-                "masked view is exact only when the whole tower runs on the cached patch embeddings (K = L); set "
-                '`train.trainable_blocks` to the tower\'s depth (docs/model.md, "Exact masking").'
-            )
+            raise ConfigError(masking_needs_whole_tower(len(model.vision.blocks.blocks), model.vision.depth))
         self.decoder = (
             ISCDecoder(variant.isc, model.vision.width, model.text.width) if masking and variant.isc.weight > 0 else None
         )

@@ -13,6 +13,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import torch
 from . import distributed, resume
 from .checkpoint import save_checkpoint
 from .clip_model import check_split, create_clip
-from .config import Params, TrainConfig
+from .config import Params, TrainConfig, VariantConfig
 from .devices import autocast, describe, grad_scaler, select_device
 from .errors import MascotError
 from .evaluate import evaluate_split
@@ -111,6 +113,273 @@ def warn_random_weights_at_low_lr(params: Params) -> None:
         )
 
 
+@dataclass
+class TrainState:
+    """Where a run stands, all of it saved for resume: the next epoch and the next step within it,
+    that epoch's data order and loss sums (kept to resume mid-epoch), the global step, the logs,
+    and the best epoch so far with its weights (the one written at the end)."""
+
+    epoch: int = 1
+    next_step: int = 0
+    step: int = 0
+    order: torch.Tensor | None = None  # this epoch's permutation of the training rows; None: not drawn yet
+    sums: dict[str, float] = field(default_factory=dict)
+    log_rows: list[dict] = field(default_factory=list)
+    step_rows: list[dict] = field(default_factory=list)
+    best: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_saved(self) -> dict:
+        """Plain data for the state file (which loads with weights_only=True). Shallow, unlike
+        dataclasses.asdict, which would deep-copy the best weights at every save."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainState:
+        return cls(**saved)
+
+
+@dataclass
+class Job:
+    """What a run trains and where: fixed from its start to its end."""
+
+    params: Params
+    dataset: str
+    variant_name: str
+    variant: VariantConfig
+    seed: int
+    store: FeatureStore
+    train_rows: np.ndarray
+    device: torch.device
+    rank: int
+    processes: int
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.params.train
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.variant_name}"
+
+    @property
+    def batch(self) -> int:
+        return min(self.cfg.batch_size, len(self.train_rows))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_rows) // self.batch
+
+    def fingerprint(self) -> str:
+        """Everything that determines the run: a saved state is resumed only when this matches."""
+        return resume.fingerprint(
+            {
+                "params": self.params.model_dump(include={"clip", "train", "evaluate"}),
+                "variant": self.variant.model_dump(),
+                "seed": self.seed,
+                "features": self.store.meta,
+                "train_rows": len(self.train_rows),
+                "device": self.device.type,
+                "processes": self.processes,
+            }
+        )
+
+
+@dataclass
+class Fit:
+    """The model and what updates it: with TrainState, all that a resumed run restores."""
+
+    model: RetrievalModel
+    objective: Objective
+    trainer: torch.nn.Module  # the objective, wrapped in DistributedDataParallel when several processes train
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    generator: np.random.Generator  # draws each epoch's data order
+
+    def state_dict(self) -> dict:
+        return {
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": resume.rng_state(self.generator),
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.objective.load_state_dict(saved["objective"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        resume.restore_rng(saved["rng"], self.generator)
+
+
+def listed_in(params: Params, variant_name: str) -> str:
+    """The key that lists a variant, for error messages; the train stage's own `--variant` when
+    neither list has it (a run started by hand)."""
+    if variant_name in params.variants:
+        return "variants"
+    return "ablation.variants" if variant_name in params.ablation.variants else "train --variant"
+
+
+def check_inputs(
+    params: Params, features_dir: Path, store: FeatureStore, variant_name: str, variant: VariantConfig
+) -> np.ndarray:
+    """Refuse, before any work, features cached for another model or K, a masked variant at K < L,
+    and splits too small to train and select on; return the training caption rows."""
+    cfg = params.train
+    if store.meta["trainable_blocks"] != cfg.trainable_blocks or store.meta["model"] != params.clip.model:
+        raise MascotError(
+            f"{features_dir} holds tokens of {store.meta['model']} for K={store.meta['trainable_blocks']} trainable blocks, "
+            f"but params.yaml asks for {params.clip.model} with K={cfg.trainable_blocks}; rerun the features stage (dvc repro)."
+        )
+    masked = {listed_in(params, variant_name): [variant_name]} if variant.mask is not None else {}
+    check_split(params.clip.model, cfg.trainable_blocks, masked)
+    train_rows = store.caption_rows("train")
+    if len(train_rows) < 2 or len(store.videos("val")) == 0:
+        raise MascotError(f"{features_dir}: training needs at least 2 training captions and a non-empty val split.")
+    return train_rows
+
+
+def build(job: Job) -> Fit:
+    """Model, objective, optimizer, lr schedule, loss scaler and data-order generator, in the order
+    that fixes their random initialisation (call after seed_everything)."""
+    cfg = job.cfg
+    model = RetrievalModel(
+        create_clip(job.params.clip), cfg.trainable_blocks, job.variant, job.store.meta["num_frames"], cfg.logit_scale_max
+    )
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    objective = Objective(model, job.variant).to(job.device).train()
+    trainer = objective
+    if job.processes > 1:
+        trainer = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[job.device.index] if job.device.type == "cuda" else None
+        )
+    optimizer = optimizer_for(objective, cfg)
+    scheduler = cosine_with_warmup(optimizer, job.steps_per_epoch * cfg.epochs, cfg.warmup_fraction)
+    scaler = grad_scaler(job.device, cfg.precision)
+    return Fit(model, objective, trainer, optimizer, scheduler, scaler, np.random.default_rng(job.seed))
+
+
+def resume_or_start(job: Job, fit: Fit, state_dir: Path | None, run_id: str) -> TrainState:
+    """The saved state of this very run, restored into `fit`, or a fresh start."""
+    saved = resume.load_state(state_dir, run_id) if state_dir else None
+    if saved is None:
+        return TrainState()
+    fit.load_state_dict(saved)
+    state = TrainState.from_saved(saved["progress"])
+    log.info("train: resuming %s seed %d at epoch %d, step %d", job.name, job.seed, state.epoch, state.step)
+    return state
+
+
+def state_saver(job: Job, fit: Fit, state: TrainState, state_dir: Path | None, run_id: str) -> Callable[[], None]:
+    """Save everything resume needs (the first process only; a no-op without `state_dir`)."""
+
+    def save() -> None:
+        if state_dir is not None and job.rank == 0:
+            resume.save_state(state_dir, {"fingerprint": run_id, **fit.state_dict(), "progress": state.to_saved()})
+
+    return save
+
+
+def train_epoch(job: Job, fit: Fit, state: TrainState, save: Callable[[], None]) -> None:
+    """The steps of epoch `state.epoch` from `state.next_step` on (all of them unless resumed
+    mid-epoch); its data order is drawn on entry unless a resumed state holds it."""
+    cfg, store, batch, steps = job.cfg, job.store, job.batch, job.steps_per_epoch
+    if state.order is None:
+        state.order, state.sums, state.next_step = torch.from_numpy(fit.generator.permutation(job.train_rows)), {}, 0
+    order = state.order.numpy()
+    caption_video = store.captions["video_index"].to_numpy()
+    bar = Progress(steps, f"train {job.name} epoch {state.epoch}", "step", initial=state.next_step)
+    for i in range(state.next_step, steps):
+        rows = distributed.shard(order[i * batch : (i + 1) * batch], job.rank, job.processes)
+        tokens, mask = store.video_batch(caption_video[rows])
+        with autocast(job.device, cfg.precision):
+            terms = fit.trainer(tokens.to(job.device), mask.to(job.device), store.text_batch(rows).to(job.device))
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise MascotError(f"train {job.name}: the loss became {loss.item()} at step {state.step}; lower train.lr.")
+        fit.optimizer.zero_grad(set_to_none=True)
+        fit.scaler.scale(loss).backward()
+        fit.scaler.unscale_(fit.optimizer)
+        torch.nn.utils.clip_grad_norm_(fit.objective.parameters(), cfg.grad_clip)
+        fit.scaler.step(fit.optimizer)
+        fit.scaler.update()
+        fit.scheduler.step()
+        fit.model.clamp_logit_scale()
+        values = {name: value.item() for name, value in terms.items()}
+        for name, value in values.items():
+            state.sums[name] = state.sums.get(name, 0.0) + value
+        state.step += 1
+        state.next_step = i + 1
+        state.step_rows.append(
+            {"step": state.step, "epoch": state.epoch, "lr": fit.optimizer.param_groups[0]["lr"]}
+            | {name: round(values[name], 6) if name in values else "" for name in ("loss", *TERMS)}
+        )
+        bar.update(1, loss=f"{values['loss']:.3f}")
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and i + 1 < steps:
+            save()
+    bar.close()
+
+
+def validate_and_select(job: Job, fit: Fit, state: TrainState, started: float) -> None:
+    """Score the epoch on val, log it, and keep its weights when it is the best so far (val only:
+    the test split is never read in training)."""
+    cfg = job.cfg
+    # no DSL: selection on plain scores; the training device and precision
+    val = evaluate_split(fit.model, job.store, "val", job.params.evaluate, precision=job.cfg.precision)
+    score = selection_score(val, cfg.selection_metric)
+    state.log_rows.append(
+        {
+            "epoch": state.epoch,
+            "step": state.step,
+            **{name: round(state.sums[name] / job.steps_per_epoch, 6) if name in state.sums else "" for name in ("loss", *TERMS)},
+            "lr": fit.optimizer.param_groups[0]["lr"],
+            "val_t2v_R1": round(val["t2v"]["R1"], 4),
+            "val_v2t_R1": round(val["v2t"]["R1"], 4),
+            "val_score": round(score, 4),
+        }
+    )
+    log.info(
+        "epoch %d: loss %s, val t2v R@1 %.1f, %s %.2f (%.1f s)",
+        state.epoch,
+        state.log_rows[-1]["loss"],
+        val["t2v"]["R1"],
+        cfg.selection_metric,
+        score,
+        time.perf_counter() - started,
+    )
+    if score > state.best:
+        state.best, state.best_epoch = score, state.epoch
+        state.best_state = {k: v.detach().cpu().clone() for k, v in fit.model.state_dict().items()}
+
+
+def write_outputs(job: Job, model: RetrievalModel, state: TrainState, model_out: Path, log_out: Path) -> None:
+    """The selected epoch's checkpoint (self-describing), the epoch and step logs, and the curves."""
+    cfg = job.cfg
+    model.load_state_dict(state.best_state)
+    meta = {
+        "dataset": job.dataset,
+        "variant_name": job.variant_name,
+        "variant": job.variant.model_dump(),
+        "seed": job.seed,
+        "model": job.params.clip.model,
+        "pretrained": job.params.clip.pretrained,
+        "trainable_blocks": cfg.trainable_blocks,
+        "num_frames": job.store.meta["num_frames"],
+        "logit_scale_max": cfg.logit_scale_max,
+        "selection_metric": cfg.selection_metric,
+        "best_epoch": state.best_epoch,
+        "best_val_score": state.best,
+    }
+    save_checkpoint(model.cpu(), meta, model_out)
+    write_csv(log_out, EPOCH_FIELDS, state.log_rows)
+    write_csv(steps_path(log_out), STEP_FIELDS, state.step_rows)
+    title = f"{job.dataset} / {job.variant_name} / seed {job.seed}"
+    plot_curves(curve_path(log_out), title, state.step_rows, state.log_rows, state.best_epoch)
+
+
 def run(
     params: Params,
     features_dir: Path,
@@ -122,183 +391,28 @@ def run(
     state_dir: Path | None = None,
 ) -> None:
     """Train, resuming from `state_dir` when it holds the state of this very run."""
-    cfg = params.train
     variant = params.variant(variant_name)
     store = FeatureStore.open(features_dir)
-    if store.meta["trainable_blocks"] != cfg.trainable_blocks or store.meta["model"] != params.clip.model:
-        raise MascotError(
-            f"{features_dir} holds tokens of {store.meta['model']} for K={store.meta['trainable_blocks']} trainable blocks, "
-            f"but params.yaml asks for {params.clip.model} with K={cfg.trainable_blocks}; rerun the features stage (dvc repro)."
-        )
-    check_split(params.clip.model, cfg.trainable_blocks, [variant_name] if variant.mask is not None else [])
-    train_rows = store.caption_rows("train")
-    if len(train_rows) < 2 or len(store.videos("val")) == 0:
-        raise MascotError(f"{features_dir}: training needs at least 2 training captions and a non-empty val split.")
-
+    train_rows = check_inputs(params, features_dir, store, variant_name, variant)
     rank, processes = distributed.init_from_env()
-    device = select_device(cfg.device)
-    log.info("train %s/%s seed %d on %s", dataset, variant_name, seed, describe(device, cfg.precision))
+    device = select_device(params.train.device)
+    job = Job(params, dataset, variant_name, variant, seed, store, train_rows, device, rank, processes)
+    log.info("train %s seed %d on %s", job.name, seed, describe(device, params.train.precision))
     warn_random_weights_at_low_lr(params)
     seed_everything(seed)
-    model = RetrievalModel(create_clip(params.clip), cfg.trainable_blocks, variant, store.meta["num_frames"], cfg.logit_scale_max)
-    objective = Objective(model, variant).to(device).train()
-    trainer = objective
-    if processes > 1:
-        trainer = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    optimizer = optimizer_for(objective, cfg)
-    batch = min(cfg.batch_size, len(train_rows))
-    steps_per_epoch = len(train_rows) // batch
-    scheduler = cosine_with_warmup(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_fraction)
-    scaler = grad_scaler(device, cfg.precision)
-    generator = np.random.default_rng(seed)
-    caption_video = store.captions["video_index"].to_numpy()
-
-    run_id = resume.fingerprint(
-        {
-            "params": params.model_dump(include={"clip", "train", "evaluate"}),
-            "variant": variant.model_dump(),
-            "seed": seed,
-            "features": store.meta,
-            "train_rows": len(train_rows),
-            "device": device.type,
-            "processes": processes,
-        }
-    )
-    # Progress: the next epoch and step within it, that epoch's data order and loss sums, the log and the best epoch.
-    progress = {
-        "epoch": 1,
-        "next_step": 0,
-        "step": 0,
-        "order": None,
-        "sums": {},
-        "log_rows": [],
-        "step_rows": [],
-        "best": -math.inf,
-        "best_epoch": 0,
-        "best_state": {},
-    }
-    state = resume.load_state(state_dir, run_id) if state_dir else None
-    if state is not None:
-        objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        resume.restore_rng(state["rng"], generator)
-        progress = state["progress"]
-        log.info(
-            "train: resuming %s/%s seed %d at epoch %d, step %d", dataset, variant_name, seed, progress["epoch"], progress["step"]
-        )
-
-    def save() -> None:
-        if state_dir is not None and rank == 0:
-            resume.save_state(state_dir, {
-                "fingerprint": run_id, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": resume.rng_state(generator), "progress": progress,
-            })  # fmt: skip
-
-    for epoch in range(progress["epoch"], cfg.epochs + 1):
-        start = time.perf_counter()
-        if progress["order"] is None:
-            progress["order"], progress["sums"], progress["next_step"] = (
-                torch.from_numpy(generator.permutation(train_rows)),
-                {},
-                0,
-            )
-        order = progress["order"].numpy()
-        bar = Progress(steps_per_epoch, f"train {dataset}/{variant_name} epoch {epoch}", "step", initial=progress["next_step"])
-        for i in range(progress["next_step"], steps_per_epoch):
-            rows = distributed.shard(order[i * batch : (i + 1) * batch], rank, processes)
-            tokens, mask = store.video_batch(caption_video[rows])
-            with autocast(device, cfg.precision):
-                terms = trainer(tokens.to(device), mask.to(device), store.text_batch(rows).to(device))
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                raise MascotError(
-                    f"train {dataset}/{variant_name}: the loss became {loss.item()} at step {progress['step']}; lower train.lr."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            model.clamp_logit_scale()
-            values = {name: value.item() for name, value in terms.items()}
-            for name, value in values.items():
-                progress["sums"][name] = progress["sums"].get(name, 0.0) + value
-            progress["step"] += 1
-            progress["next_step"] = i + 1
-            progress["step_rows"].append(
-                {"step": progress["step"], "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-                | {name: round(values[name], 6) if name in values else "" for name in ("loss", *TERMS)}
-            )
-            bar.update(1, loss=f"{values['loss']:.3f}")
-            if cfg.checkpoint_every and progress["step"] % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
-                save()
-        bar.close()
-        val = evaluate_split(model, store, "val", params.evaluate)  # no DSL: selection on plain scores
-        score = selection_score(val, cfg.selection_metric)
-        progress["log_rows"].append(
-            {
-                "epoch": epoch,
-                "step": progress["step"],
-                **{
-                    name: round(progress["sums"][name] / steps_per_epoch, 6) if name in progress["sums"] else ""
-                    for name in ("loss", *TERMS)
-                },
-                "lr": optimizer.param_groups[0]["lr"],
-                "val_t2v_R1": round(val["t2v"]["R1"], 4),
-                "val_v2t_R1": round(val["v2t"]["R1"], 4),
-                "val_score": round(score, 4),
-            }
-        )
-        log.info(
-            "epoch %d: loss %s, val t2v R@1 %.1f, %s %.2f (%.1f s)",
-            epoch,
-            progress["log_rows"][-1]["loss"],
-            val["t2v"]["R1"],
-            cfg.selection_metric,
-            score,
-            time.perf_counter() - start,
-        )
-        if score > progress["best"]:
-            progress["best"], progress["best_epoch"] = score, epoch
-            progress["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        progress["epoch"], progress["order"] = epoch + 1, None
+    fit = build(job)
+    run_id = job.fingerprint()
+    state = resume_or_start(job, fit, state_dir, run_id)
+    save = state_saver(job, fit, state, state_dir, run_id)
+    while state.epoch <= job.cfg.epochs:
+        started = time.perf_counter()
+        train_epoch(job, fit, state, save)
+        validate_and_select(job, fit, state, started)
+        state.epoch, state.order = state.epoch + 1, None
         save()
-
     if rank > 0:  # every process trained the same weights; the first one writes the outputs
         return
-    model.load_state_dict(progress["best_state"])
-    meta = {
-        "dataset": dataset,
-        "variant_name": variant_name,
-        "variant": variant.model_dump(),
-        "seed": seed,
-        "model": params.clip.model,
-        "pretrained": params.clip.pretrained,
-        "trainable_blocks": cfg.trainable_blocks,
-        "num_frames": store.meta["num_frames"],
-        "logit_scale_max": cfg.logit_scale_max,
-        "selection_metric": cfg.selection_metric,
-        "best_epoch": progress["best_epoch"],
-        "best_val_score": progress["best"],
-    }
-    save_checkpoint(model.cpu(), meta, model_out)
-    write_csv(log_out, EPOCH_FIELDS, progress["log_rows"])
-    write_csv(steps_path(log_out), STEP_FIELDS, progress["step_rows"])
-    plot_curves(
-        curve_path(log_out),
-        f"{dataset} / {variant_name} / seed {seed}",
-        progress["step_rows"],
-        progress["log_rows"],
-        progress["best_epoch"],
-    )
+    write_outputs(job, fit.model, state, model_out, log_out)
     if state_dir is not None:
         resume.clear_state(state_dir)
-    log.info(
-        "train: selected epoch %d (val %s %.2f) → %s", progress["best_epoch"], cfg.selection_metric, progress["best"], model_out
-    )
+    log.info("train: selected epoch %d (val %s %.2f) → %s", state.best_epoch, job.cfg.selection_metric, state.best, model_out)
