@@ -122,6 +122,12 @@ class TrainConfig(ComputeConfig):
         description="recompute the transformer blocks' activations in the backward pass instead of storing them: "
         "the same gradients, about a third more compute, a fraction of the activation memory (README, 'Memory')",
     )
+    grad_cache_chunk: int = Field(
+        0,
+        ge=0,
+        description="gradient caching: encode this many pairs at a time, so that memory no longer grows with "
+        "train.batch_size (the same loss and gradients up to rounding; one process only); 0: the whole batch at once",
+    )
     checkpoint_every: int = Field(
         0, ge=0, description="also save the resumable training state every this many steps (0: at epoch ends only)"
     )

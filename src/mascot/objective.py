@@ -9,6 +9,8 @@ The ISC decoder lives here, not in the retrieval model: checkpoints hold only wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +19,7 @@ from torch import nn
 
 from .clip_model import TowerOutput, masking_needs_whole_tower
 from .config import VariantConfig
-from .distributed import gather
+from .distributed import gather, world
 from .errors import ConfigError
 from .isc import ISCDecoder, completion_loss
 from .masking import InformedMasks, informed_masks, patch_scores
@@ -55,6 +57,30 @@ class Step:
     masks: InformedMasks | None
 
 
+@dataclass
+class Encoded:
+    """What a set of pairs gives on its own, before the batch couples them: the normalized text
+    embeddings and each view's video embeddings (one row a pair), and the ISC term, a mean over
+    the set's `frames` valid frames (None without ISC)."""
+
+    text: torch.Tensor
+    videos: dict[str, torch.Tensor]
+    isc: torch.Tensor | None
+    frames: int
+    views: dict[str, TowerOutput]
+    masks: InformedMasks | None
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class Objective(nn.Module):
     def __init__(self, model: RetrievalModel, variant: VariantConfig):
         super().__init__()
@@ -77,20 +103,24 @@ class Objective(nn.Module):
 
     def step(self, tokens: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor) -> Step:
         """tokens (B, T, 1+N, W) cached, frame_mask (B, T), text_tokens (B, L): pair i is video i, caption i."""
+        encoded = self.encode(tokens, frame_mask, text_tokens)
+        terms = self.batch_terms(encoded.text, encoded.videos, self.model.scale())
+        if encoded.isc is not None:
+            terms["isc"] = encoded.isc
+        return Step({**terms, "loss": self.total(terms)}, encoded.views, encoded.masks)
+
+    def encode(self, tokens: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor) -> Encoded:
+        """Everything a pair contributes that depends on that pair alone (masks, views, ISC)."""
         model, cfg = self.model, self.variant
         masking = self.training and cfg.mask is not None
         valid = tokens[frame_mask]
         full = model.vision.run(valid, attention=masking and cfg.mask.score == "cls_attn")
         text_feature, text_states = model.text(text_tokens, return_tokens=True)
         text = F.normalize(text_feature, dim=-1)
-        scale = model.scale()
-        # Contrastive terms use the global batch: embeddings gathered over processes (identity in one).
-        text_all = gather(text)
-        logits = {"full": scale * text_all @ gather(model.pool(full.embedding, frame_mask)).t()}
-        terms = {"nce": contrastive(logits["full"])}
+        videos = {"full": model.pool(full.embedding, frame_mask)}
         views = {"full": full}
         if not masking:
-            return Step({**terms, "loss": terms["nce"]}, views, None)
+            return Encoded(text, videos, None, len(valid), views, None)
 
         frame_video = frame_mask.nonzero()[:, 0]  # the batch row (video, caption) of each valid frame
         patch_features = model.vision.project(full.patches) if cfg.mask.score == "text_sim" else full.patches
@@ -100,14 +130,81 @@ class Objective(nn.Module):
         for i, name in enumerate(VIEWS):
             part = slice(i * len(valid), (i + 1) * len(valid))
             views[name] = TowerOutput(both.embedding[part], both.patches[part], None)
-            logits[name] = scale * text_all @ gather(model.pool(views[name].embedding, frame_mask)).t()
-        terms["nce_masked"] = (contrastive(logits["high"]) + contrastive(logits["low"])) / 2
-        terms["kl"] = dual_kl(logits, cfg.dual.anchor)
+            videos[name] = model.pool(views[name].embedding, frame_mask)
+        isc = self.completion(views, masks, text_tokens, text_states, frame_video) if self.decoder is not None else None
+        return Encoded(text, videos, isc, len(valid), views, masks)
+
+    def batch_terms(self, text: torch.Tensor, videos: dict[str, torch.Tensor], scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The terms that couple the pairs of the global batch (embeddings gathered over processes,
+        identity in one): the contrastive losses and the masked views' KL."""
+        text_all = gather(text)
+        logits = {name: scale * text_all @ gather(video).t() for name, video in videos.items()}
+        terms = {"nce": contrastive(logits["full"])}
+        if "high" in logits:
+            terms["nce_masked"] = (contrastive(logits["high"]) + contrastive(logits["low"])) / 2
+            terms["kl"] = dual_kl(logits, self.variant.dual.anchor)
+        return terms
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L = L_nce + λ_dual · L_nce(masked) + λ_kl · L_kl + λ_isc · L_isc, over the terms present."""
+        if "nce_masked" not in terms:
+            return terms["nce"]
+        cfg = self.variant
         loss = terms["nce"] + cfg.dual.weight * terms["nce_masked"] + cfg.dual.kl_weight * terms["kl"]
-        if self.decoder is not None:
-            terms["isc"] = self.completion(views, masks, text_tokens, text_states, frame_video)
+        if "isc" in terms:
             loss = loss + cfg.isc.weight * terms["isc"]
-        return Step({**terms, "loss": loss}, views, masks)
+        return loss
+
+    def cached_step(
+        self,
+        tokens: torch.Tensor,
+        frame_mask: torch.Tensor,
+        text_tokens: torch.Tensor,
+        chunk: int,
+        autocast: Callable[[], AbstractContextManager],
+        scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
+    ) -> dict[str, torch.Tensor]:
+        """The step's loss terms and gradients (accumulated into .grad; backward included) with the
+        activations of `chunk` pairs at a time: gradient caching (Gao et al., 2021). Pass 1 encodes
+        every chunk without a graph; the batch terms are differentiated with respect to the
+        embeddings only; pass 2 re-encodes each chunk (same random masks: the generator is
+        replayed) and back-propagates those embedding gradients plus its share of the ISC term. The
+        same loss and gradients as `step` up to float rounding, for any chunk; the global batch no
+        longer bounds memory. `scale_loss` is the fp16 loss scaler's `scale` (identity otherwise)."""
+        if world()[1] > 1:
+            raise ConfigError("`train.grad_cache_chunk` works in one process; with several, set it to 0.")
+        device = tokens.device
+        parts = [slice(i, i + chunk) for i in range(0, len(tokens), chunk)]
+        states, encoded = [], []
+        with torch.no_grad():
+            for part in parts:
+                states.append(_rng_state(device))
+                with autocast():
+                    encoded.append(self.encode(tokens[part], frame_mask[part], text_tokens[part]))
+        text = torch.cat([e.text for e in encoded]).detach().requires_grad_()
+        videos = {name: torch.cat([e.videos[name] for e in encoded]).detach().requires_grad_() for name in encoded[0].videos}
+        with autocast():
+            terms = self.batch_terms(text, videos, self.model.scale())
+            coupled = self.total(terms)
+        scale_loss(coupled).backward()
+        frames = sum(e.frames for e in encoded)
+        isc = []
+        for part, state in zip(parts, states, strict=True):
+            _set_rng_state(state, device)
+            with autocast():
+                e = self.encode(tokens[part], frame_mask[part], text_tokens[part])
+                surrogate = (e.text * text.grad[part]).sum()
+                for name, video in e.videos.items():
+                    surrogate = surrogate + (video * videos[name].grad[part]).sum()
+                if e.isc is not None:
+                    share = e.isc * (e.frames / frames)  # the batch's ISC is the mean over all valid frames
+                    surrogate = surrogate + scale_loss(self.variant.isc.weight * share)
+                    isc.append(share.detach())
+            surrogate.backward()
+        terms = {name: value.detach() for name, value in terms.items()}
+        if isc:
+            terms["isc"] = torch.stack(isc).sum()
+        return {**terms, "loss": self.total(terms)}
 
     def completion(
         self,

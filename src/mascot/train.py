@@ -25,7 +25,7 @@ from .checkpoint import save_checkpoint
 from .clip_model import check_split, create_clip
 from .config import Params, TrainConfig, VariantConfig
 from .devices import autocast, describe, grad_scaler, select_device
-from .errors import MascotError
+from .errors import ConfigError, MascotError
 from .evaluate import evaluate_split
 from .features import FeatureStore
 from .model import RetrievalModel
@@ -283,6 +283,27 @@ def state_saver(job: Job, fit: Fit, state: TrainState, state_dir: Path | None, r
     return save
 
 
+def forward_backward(job: Job, fit: Fit, step: int, tokens: torch.Tensor, mask: torch.Tensor, text: torch.Tensor) -> dict:
+    """The step's loss terms, with their gradients in .grad: the whole batch in one graph, or
+    `train.grad_cache_chunk` pairs at a time (Objective.cached_step). A non-finite loss stops the run."""
+    cfg = job.cfg
+    if cfg.grad_cache_chunk:
+        fit.optimizer.zero_grad(set_to_none=True)
+        terms = fit.objective.cached_step(
+            tokens, mask, text, cfg.grad_cache_chunk, lambda: autocast(job.device, cfg.precision), fit.scaler.scale
+        )
+    else:
+        with autocast(job.device, cfg.precision):
+            terms = fit.trainer(tokens, mask, text)
+    loss = terms["loss"]
+    if not torch.isfinite(loss):
+        raise MascotError(f"train {job.name}: the loss became {loss.item()} at step {step}; lower train.lr.")
+    if not cfg.grad_cache_chunk:
+        fit.optimizer.zero_grad(set_to_none=True)
+        fit.scaler.scale(loss).backward()
+    return terms
+
+
 def train_epoch(job: Job, fit: Fit, state: TrainState, save: Callable[[], None]) -> None:
     """The steps of epoch `state.epoch` from `state.next_step` on (all of them unless resumed
     mid-epoch); its data order is drawn on entry unless a resumed state holds it."""
@@ -295,13 +316,9 @@ def train_epoch(job: Job, fit: Fit, state: TrainState, save: Callable[[], None])
     for i in range(state.next_step, steps):
         rows = distributed.shard(order[i * batch : (i + 1) * batch], job.rank, job.processes)
         tokens, mask = store.video_batch(caption_video[rows])
-        with autocast(job.device, cfg.precision):
-            terms = fit.trainer(tokens.to(job.device), mask.to(job.device), store.text_batch(rows).to(job.device))
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise MascotError(f"train {job.name}: the loss became {loss.item()} at step {state.step}; lower train.lr.")
-        fit.optimizer.zero_grad(set_to_none=True)
-        fit.scaler.scale(loss).backward()
+        terms = forward_backward(
+            job, fit, state.step, tokens.to(job.device), mask.to(job.device), store.text_batch(rows).to(job.device)
+        )
         fit.scaler.unscale_(fit.optimizer)
         torch.nn.utils.clip_grad_norm_(fit.objective.parameters(), cfg.grad_clip)
         fit.scaler.step(fit.optimizer)
@@ -395,6 +412,11 @@ def run(
     store = FeatureStore.open(features_dir)
     train_rows = check_inputs(params, features_dir, store, variant_name, variant)
     rank, processes = distributed.init_from_env()
+    if params.train.grad_cache_chunk and processes > 1:
+        raise ConfigError(
+            f"`train.grad_cache_chunk: {params.train.grad_cache_chunk}` works in one process, but {processes} were started: "
+            "set it to 0 (each process then holds only its share of the batch) or train in one process."
+        )
     device = select_device(params.train.device)
     job = Job(params, dataset, variant_name, variant, seed, store, train_rows, device, rank, processes)
     log.info("train %s seed %d on %s", job.name, seed, describe(device, params.train.precision))
