@@ -223,3 +223,16 @@ def test_openai_torchscript_archive_loads_into_the_preset_model(tmp_path, vit_b_
         create_clip(ClipConfig(model="ViT-B-32", pretrained=str(path)))
     loaded = create_clip(ClipConfig(model=_preset_models()["vit-b-32"], pretrained=str(path)))
     _assert_every_tensor_equal(loaded, state)
+
+
+def test_building_without_weights_does_not_relay_open_clips_random_init_warning(caplog):
+    """open_clip's "No pretrained weights loaded" line would precede evaluate's loading of trained
+    weights; the stages state what they load themselves. Other warnings still get through."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        create_clip(ClipConfig())
+        logging.getLogger().warning("another warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any(m.startswith("No pretrained weights loaded") for m in messages)
+    assert "another warning" in messages

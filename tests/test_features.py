@@ -54,7 +54,10 @@ def test_batching_across_videos_caches_what_one_video_at_a_time_does(
     for name in names:
         assert filecmp.cmp(tmp_path / "features" / name, tiny_features / name, shallow=False), name
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("features: mascot-tiny, K = 4, on cpu (") and m.endswith("fp32") for m in messages)
+    assert any(
+        m.startswith("features: mascot-tiny, weights random (clip.pretrained: null), K = 4, on cpu (") and m.endswith("fp32")
+        for m in messages
+    )
     assert any(m.startswith("features: ") and " frame (" in m and "frame/s" in m for m in messages)
 
 

@@ -298,6 +298,20 @@ def test_released_checksums_reject_other_files(tmp_path):
             ds.download(tmp_path / "raw", tmp_path / "cache")
 
 
+def test_a_partly_placed_group_names_the_missing_file_instead_of_downloading(tmp_path):
+    """MSR-VTT's annotation files come in one archive: placing some of them (here all but
+    MSRVTT_train.7k.csv) is an error that names the missing file, not a silent download attempt."""
+    source = tmp_path / "placed"
+    WRITERS["msrvtt"](source / "annotations")
+    (source / "annotations" / "MSRVTT_train.7k.csv").unlink()
+    (source / "videos").mkdir()
+    ds = dataset(
+        "msrvtt", source_dir=str(source), verify_placed=False, files={"annotations": {"url": "http://unused.invalid/x.zip"}}
+    )
+    with pytest.raises(MascotError, match=r"data.msrvtt.files.annotations: .*annotations holds .* but not MSRVTT_train.7k.csv"):
+        ds.download(tmp_path / "raw", tmp_path / "cache")
+
+
 def test_a_placed_subset_names_the_exact_key_and_the_switch(tmp_path, capsys):
     """A trimmed MSRVTT_train.9k.csv placed by hand: the message names the logical key (settable
     with -S) and data.msrvtt.verify_placed; the switch lets it through; downloads stay checked."""

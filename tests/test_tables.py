@@ -153,8 +153,9 @@ def test_every_table_states_its_settings_and_marks_rows_not_run(tmp_path, tiny_p
     tables.run(params, "synthetic", [metrics / "synthetic"], out)
     tables.run(params, "synthetic", [metrics / "synthetic"], out / "ablation", ablation=True)
     setting = (
-        "Settings of the measured rows: backbone mascot-tiny, pretrained weights none (random weights), 1 epochs "
-        "(checkpoint selected on val), K = 4 trained vision blocks, test split 48 videos / 96 captions, seeds 0, 1."
+        "Settings of the measured rows: backbone mascot-tiny, pretrained weights none (random weights), 1 epoch "
+        "(checkpoint selected on val), K = 4 trained vision blocks, 4 frames and 32 words, batch 8, lr 0.0005 "
+        "(CLIP weights 0.0005), test split 48 videos / 96 captions, seeds 0, 1."
     )
     for folder, name, line in (
         (out, "main", setting),

@@ -8,7 +8,9 @@ file, or null (random weights).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -116,6 +118,25 @@ def check_activation(cfg: ClipConfig) -> None:
         )
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _without_random_init_warning():
+    """open_clip warns "No pretrained weights loaded … initialized randomly" on the root logger for
+    every model built without weights, also when a checkpoint's weights follow (evaluate) or a
+    TorchScript archive is loaded next: the stages say themselves what they load (train warns
+    about random weights), so that line only misleads."""
+    root, quiet = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def create_clip(cfg: ClipConfig) -> nn.Module:
     """Build the open_clip model named in `clip:` (weights per `clip.pretrained`), in eval mode."""
     model_config(cfg.model)
@@ -135,7 +156,7 @@ def create_clip(cfg: ClipConfig) -> nn.Module:
     try:
         # Random weights must be the same in every stage that builds the model (the cached bottom
         # blocks and the trained top blocks are one tower), and must not disturb the caller's RNG.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _without_random_init_warning():
             torch.manual_seed(cfg.init_seed)
             if cfg.pretrained is not None and is_torchscript_archive(cfg.pretrained):
                 # torch.load refuses TorchScript with weights_only=True: load OpenAI's archive explicitly.

@@ -63,11 +63,11 @@ def evaluate_split(
 
 
 def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None:
-    store = FeatureStore.open(features_dir)
-    model, meta = load_checkpoint(checkpoint)
     cfg = params.evaluate
     device = select_device(cfg.device, "evaluate.device")
     log.info("evaluate %s on %s", checkpoint, describe(device, cfg.precision))
+    store = FeatureStore.open(features_dir)
+    model, meta = load_checkpoint(checkpoint)
     model.to(device)
     result = evaluate_split(model, store, "test", cfg, precision=cfg.precision, dsl=True)
     result.update(

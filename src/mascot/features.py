@@ -77,7 +77,8 @@ def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> 
     meta_frames = json.loads((Path(frames_dir) / "meta.json").read_text())
     device = select_device(params.features.device, "features.device")
     batch_size, precision = params.features.batch_size, params.features.precision
-    log.info("features: %s, K = %d, on %s", clip_cfg.model, k, describe(device, precision))
+    weights = clip_cfg.pretrained or "random (clip.pretrained: null)"
+    log.info("features: %s, weights %s, K = %d, on %s", clip_cfg.model, weights, k, describe(device, precision))
     model = create_clip(clip_cfg)
     prefix = VisionPrefix(model.visual, k).eval().to(device)
     mean, std = normalization(model)

@@ -102,19 +102,29 @@ def settings(params: Params, runs: pd.DataFrame) -> dict[str, str]:
         "pretrained": params.clip.pretrained or "none (random weights)",
         "epochs": str(params.train.epochs),
         "trainable_blocks": str(params.train.trainable_blocks),
+        "frames": str(params.frames.num_frames),
+        "words": str(params.features.max_words),
+        "batch_size": str(params.train.batch_size),
+        "lr": f"{params.train.lr:g}",
+        "clip_lr": f"{params.train.lr * params.train.clip_lr_scale:g}",
         "test_videos": values("test_videos"),
         "test_captions": values("test_captions"),
         "seed_list": " ".join(str(s) for s in sorted(runs["seed"].unique())),
     }
 
 
+def _count(n: str, noun: str) -> str:
+    return f"{n} {noun}" if n == "1" else f"{n} {noun}s"
+
+
 def settings_line(s: dict[str, str] | None) -> str:
     if s is None:
         return "No row of this table was run."
     return (
-        f"Settings of the measured rows: backbone {s['backbone']}, pretrained weights {s['pretrained']}, {s['epochs']} epochs "
-        f"(checkpoint selected on val), K = {s['trainable_blocks']} trained vision blocks, test split {s['test_videos']} videos / "
-        f"{s['test_captions']} captions, seeds {s['seed_list'].replace(' ', ', ')}."
+        f"Settings of the measured rows: backbone {s['backbone']}, pretrained weights {s['pretrained']}, "
+        f"{_count(s['epochs'], 'epoch')} (checkpoint selected on val), K = {s['trainable_blocks']} trained vision blocks, "
+        f"{s['frames']} frames and {s['words']} words, batch {s['batch_size']}, lr {s['lr']} (CLIP weights {s['clip_lr']}), "
+        f"test split {s['test_videos']} videos / {s['test_captions']} captions, seeds {s['seed_list'].replace(' ', ', ')}."
     )
 
 
@@ -251,4 +261,4 @@ def run(
             )
             measured_csv = part.drop(columns="dataset", errors="ignore").assign(status="measured", **(setting or {}))
             pd.concat([measured_csv, missing], ignore_index=True).to_csv(tmp / f"{name}.csv", index=False, float_format="%.4f")
-    log.info("tables: %d tables for %s → %s", len(table_defs), dataset, out)
+    log.info("tables: %s for %s → %s", _count(str(len(table_defs)), "table"), dataset, out)

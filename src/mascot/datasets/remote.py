@@ -161,19 +161,32 @@ class RemoteDataset(DatasetSource):
         """A file from source_dir into the raw folder (copied, or hard-linked with `link_placed`)."""
         (link_or_copy if self.config.link_placed else copy_file)(src, dest)
 
-    def _placed(self, spec: RemoteFile, source: Path | None) -> list[Path] | None:
-        """The files of `spec` under `source`, when all of them were placed by hand."""
+    def _placed(self, spec: RemoteFile, source: Path | None, what: str) -> list[Path] | None:
+        """The files of `spec` under `source` when all of them were placed by hand; None when none
+        were (they are downloaded). Some but not all is an error: the group (one release archive)
+        is used whole, and a silent download instead of the user's files would be a surprise."""
         if source is None or not spec.provides():
             return None
         found = [source / spec.dest / m.file for m in spec.provides().values()]
-        return found if all(p.is_file() for p in found) else None
+        missing = [p for p in found if not p.is_file()]
+        if not missing:
+            return found
+        if len(missing) < len(found):
+            have = ", ".join(p.name for p in found if p.is_file())
+            raise MascotError(
+                f"{what}: {source / spec.dest} holds {have} but not {', '.join(p.name for p in missing)}; these files come "
+                "together (one release archive) and are used from source_dir only all together. Place the missing ones "
+                f"too (a subset may be a trimmed copy, with data.{self.name}.verify_placed: false), or remove the placed "
+                "ones to have the archive downloaded."
+            )
+        return None
 
     def _obtain(self, name: str, spec: RemoteFile, source: Path | None, raw_dir: Path, cache_dir: Path) -> None:
         what = f"data.{self.name}.files.{name}"
         target = raw_dir / spec.dest
         if spec.dest == "videos" and source is not None and (source / "videos").is_dir():
             return  # videos placed by hand are placed, not downloaded
-        placed = self._placed(spec, source)
+        placed = self._placed(spec, source, what)
         if placed is not None:
             for path in placed:
                 self._place(path, target / path.name)
