@@ -16,7 +16,7 @@ With `train.grad_checkpointing` a block keeps only its input (counted by wrappin
 call) and recomputes its activations in the backward pass, one block at a time: the largest single
 block's activations (measured by running each checkpointed call once more under the hooks) are
 added as the recomputation's peak. Other transient buffers (the optimizer step's temporaries, the
-allocator's slack) are not included: the estimate is a lower bound on peak memory. The checkpoint
+allocator's slack) are not included, and each video's caption lands in the per-frame slope: an estimate, not a bound. The checkpoint
 size is measured by saving.
 """
 

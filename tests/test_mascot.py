@@ -410,19 +410,24 @@ def test_grad_checkpointing_gives_the_plain_steps_loss_and_gradients(name, monke
         assert torch.equal(g, ckpt[n]), n
 
 
-@pytest.mark.parametrize("name", ["meanP", "seqTransf", "attention_masks", "isc_both", "mascot", "mascot_text_sim"])
+@pytest.mark.parametrize(
+    "name", ["meanP", "seqTransf", "random_masks", "mascot_random", "attention_masks", "isc_both", "mascot", "mascot_text_sim"]
+)
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_gradient_caching_gives_the_plain_steps_loss_and_gradients(name, chunk):
     """train.grad_cache_chunk: the batch in chunks of 1 or 3 pairs (4 = 3 + 1: uneven) gives the
-    loss terms and every gradient of the one-graph step, up to float rounding. (Random-score masks
-    draw per chunk, so their masks differ from the one-graph draw: left out here.)"""
+    loss terms and every gradient of the one-graph step, up to float rounding. Random masks too: on
+    the CPU a chunk's draw is the whole batch's draw for its rows, provided the second pass replays
+    the generator (without the replay the gradients differ by ~10 %)."""
     variant = load_params(REPO / "params.yaml").variant(name)
     objective, _ = _objective(variant)
     batch = _batch()
+    torch.manual_seed(3)  # random masks: the same generator state for both
     step = objective.step(*batch)
     step.terms["loss"].backward()
     plain = {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}
     objective.zero_grad(set_to_none=True)
+    torch.manual_seed(3)
     terms = objective.cached_step(*batch, chunk, contextlib.nullcontext)
     assert terms.keys() == step.terms.keys()
     for key, value in step.terms.items():
@@ -431,17 +436,3 @@ def test_gradient_caching_gives_the_plain_steps_loss_and_gradients(name, chunk):
     assert cached.keys() == plain.keys() and len(plain) > 0
     for n, g in plain.items():  # float rounding: sums over the batch are added in another order
         assert (cached[n] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-9, n
-
-
-def test_gradient_caching_replays_random_masks_within_the_step():
-    """With random masks the second pass must see the first pass's masks: the gradient then equals
-    that of a one-graph step over the same chunks' masks, which this checks through the loss: the
-    terms returned are the first pass's, and a mismatch would make the ISC share differ."""
-    variant = load_params(REPO / "params.yaml").variant("random_masks")
-    objective, _ = _objective(variant)
-    torch.manual_seed(5)
-    first = objective.cached_step(*_batch(), 2, contextlib.nullcontext)
-    after = torch.get_rng_state()
-    torch.manual_seed(5)
-    again = objective.cached_step(*_batch(), 2, contextlib.nullcontext)
-    assert torch.equal(first["loss"], again["loss"]) and torch.equal(after, torch.get_rng_state())

@@ -234,7 +234,7 @@ class _Blocks(nn.Module):
     """Run a slice of open_clip resblocks on batch-first tokens, whatever layout the tower uses.
 
     With `checkpointing` (train.grad_checkpointing) each block keeps only its input for the backward
-    pass and recomputes its activations there: the same gradients for about a third more compute.
+    pass and recomputes its activations there: the same gradients for one more forward pass of the block.
     """
 
     def __init__(self, blocks: list[nn.Module], batch_first: bool, checkpointing: bool = False):

@@ -86,6 +86,9 @@ class ComputeConfig(Section):
 
 
 class FeaturesConfig(ComputeConfig):
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "fp32", description="autocast precision on CUDA; fp32 by default: the cache is stored in fp16, finer than bf16"
+    )
     max_words: int = Field(32, ge=3, le=77, description="caption length in tokens (incl. start/end tokens)")
     batch_size: int = Field(64, ge=1, description="frames encoded per forward pass")
 
@@ -120,7 +123,7 @@ class TrainConfig(ComputeConfig):
     grad_checkpointing: bool = Field(
         False,
         description="recompute the transformer blocks' activations in the backward pass instead of storing them: "
-        "the same gradients, about a third more compute, a fraction of the activation memory (README, 'Memory')",
+        "the same gradients, one more forward pass of every block, a fraction of the activation memory (README, 'Training at paper scale')",
     )
     grad_cache_chunk: int = Field(
         0,
@@ -220,6 +223,9 @@ def resolve_variant(spec: VariantSpec, mascot: MascotConfig) -> VariantConfig:
 
 
 class EvaluateConfig(ComputeConfig):
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "fp32", description="autocast precision on CUDA (also of the train stage's validation); fp32 by default: cheap"
+    )
     batch_size: int = Field(256, ge=1, description="videos / captions embedded per forward pass")
     chunk_size: int = Field(1024, ge=1, description="captions per chunk of the similarity matrix (memory: chunk x videos)")
     dsl_scale: float = Field(

@@ -52,12 +52,10 @@ def embed_split(
     return text_emb.float().numpy(), video_emb.float().numpy(), caption_video
 
 
-def evaluate_split(
-    model: RetrievalModel, store: FeatureStore, split: str, cfg: EvaluateConfig, precision: str = "fp32", dsl: bool = False
-) -> dict:
+def evaluate_split(model: RetrievalModel, store: FeatureStore, split: str, cfg: EvaluateConfig, dsl: bool = False) -> dict:
     """Metrics of a split, computed in caption chunks (never the whole captions × videos matrix);
     with `dsl`, also the DSL post-processed metrics, kept apart under "dsl"."""
-    text, video, caption_video = embed_split(model, store, split, cfg.batch_size, precision)
+    text, video, caption_video = embed_split(model, store, split, cfg.batch_size, cfg.precision)
     metrics = embedding_metrics(text, video, caption_video, cfg.chunk_size, cfg.dsl_scale if dsl else None)
     return {**metrics, "num_videos": len(video), "num_captions": len(text)}
 
@@ -69,7 +67,7 @@ def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None
     store = FeatureStore.open(features_dir)
     model, meta = load_checkpoint(checkpoint)
     model.to(device)
-    result = evaluate_split(model, store, "test", cfg, precision=cfg.precision, dsl=True)
+    result = evaluate_split(model, store, "test", cfg, dsl=True)
     result.update(
         {k: meta[k] for k in ("dataset", "variant_name", "seed", "best_epoch")}
         | {"selected_on": f"val {meta['selection_metric']}"}

@@ -163,24 +163,33 @@ class Objective(nn.Module):
         chunk: int,
         autocast: Callable[[], AbstractContextManager],
         scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
+        device: torch.device | None = None,
     ) -> dict[str, torch.Tensor]:
         """The step's loss terms and gradients (accumulated into .grad; backward included) with the
         activations of `chunk` pairs at a time: gradient caching (Gao et al., 2021). Pass 1 encodes
         every chunk without a graph; the batch terms are differentiated with respect to the
         embeddings only; pass 2 re-encodes each chunk (same random masks: the generator is
-        replayed) and back-propagates those embedding gradients plus its share of the ISC term. The
-        same loss and gradients as `step` up to float rounding, for any chunk; the global batch no
-        longer bounds memory. `scale_loss` is the fp16 loss scaler's `scale` (identity otherwise)."""
+        replayed) and back-propagates those embedding gradients plus its share of the ISC term.
+        The same loss and gradients as `step` up to float rounding, for any chunk (random masks:
+        where the generator draws a chunk's masks as it would within the whole batch, as on the
+        CPU; on CUDA the draws may differ, same distribution). Tokens may stay on the CPU: each
+        chunk moves to `device` when encoded, and pass 1 keeps only the embeddings, so memory
+        follows the chunk, not the batch. `scale_loss` is the fp16 loss scaler's `scale`."""
         if world()[1] > 1:
             raise ConfigError("`train.grad_cache_chunk` works in one process; with several, set it to 0.")
-        device = tokens.device
+        device = device or tokens.device
+
+        def chunk_of(part: slice) -> tuple[torch.Tensor, ...]:
+            return tuple(t[part].to(device) for t in (tokens, frame_mask, text_tokens))
+
         parts = [slice(i, i + chunk) for i in range(0, len(tokens), chunk)]
         states, encoded = [], []
         with torch.no_grad():
             for part in parts:
                 states.append(_rng_state(device))
                 with autocast():
-                    encoded.append(self.encode(tokens[part], frame_mask[part], text_tokens[part]))
+                    e = self.encode(*chunk_of(part))
+                encoded.append(Encoded(e.text, e.videos, None, e.frames, {}, None))  # the embeddings only
         text = torch.cat([e.text for e in encoded]).detach().requires_grad_()
         videos = {name: torch.cat([e.videos[name] for e in encoded]).detach().requires_grad_() for name in encoded[0].videos}
         with autocast():
@@ -192,7 +201,7 @@ class Objective(nn.Module):
         for part, state in zip(parts, states, strict=True):
             _set_rng_state(state, device)
             with autocast():
-                e = self.encode(tokens[part], frame_mask[part], text_tokens[part])
+                e = self.encode(*chunk_of(part))
                 surrogate = (e.text * text.grad[part]).sum()
                 for name, video in e.videos.items():
                     surrogate = surrogate + (video * videos[name].grad[part]).sum()

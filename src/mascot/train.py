@@ -285,16 +285,17 @@ def state_saver(job: Job, fit: Fit, state: TrainState, state_dir: Path | None, r
 
 def forward_backward(job: Job, fit: Fit, step: int, tokens: torch.Tensor, mask: torch.Tensor, text: torch.Tensor) -> dict:
     """The step's loss terms, with their gradients in .grad: the whole batch in one graph, or
-    `train.grad_cache_chunk` pairs at a time (Objective.cached_step). A non-finite loss stops the run."""
+    `train.grad_cache_chunk` pairs at a time (Objective.cached_step, which moves each chunk to the
+    device itself). A non-finite loss stops the run."""
     cfg = job.cfg
     if cfg.grad_cache_chunk:
         fit.optimizer.zero_grad(set_to_none=True)
         terms = fit.objective.cached_step(
-            tokens, mask, text, cfg.grad_cache_chunk, lambda: autocast(job.device, cfg.precision), fit.scaler.scale
+            tokens, mask, text, cfg.grad_cache_chunk, lambda: autocast(job.device, cfg.precision), fit.scaler.scale, job.device
         )
     else:
         with autocast(job.device, cfg.precision):
-            terms = fit.trainer(tokens, mask, text)
+            terms = fit.trainer(tokens.to(job.device), mask.to(job.device), text.to(job.device))
     loss = terms["loss"]
     if not torch.isfinite(loss):
         raise MascotError(f"train {job.name}: the loss became {loss.item()} at step {step}; lower train.lr.")
@@ -316,9 +317,7 @@ def train_epoch(job: Job, fit: Fit, state: TrainState, save: Callable[[], None])
     for i in range(state.next_step, steps):
         rows = distributed.shard(order[i * batch : (i + 1) * batch], job.rank, job.processes)
         tokens, mask = store.video_batch(caption_video[rows])
-        terms = forward_backward(
-            job, fit, state.step, tokens.to(job.device), mask.to(job.device), store.text_batch(rows).to(job.device)
-        )
+        terms = forward_backward(job, fit, state.step, tokens, mask, store.text_batch(rows))
         fit.scaler.unscale_(fit.optimizer)
         torch.nn.utils.clip_grad_norm_(fit.objective.parameters(), cfg.grad_clip)
         fit.scaler.step(fit.optimizer)
@@ -344,8 +343,8 @@ def validate_and_select(job: Job, fit: Fit, state: TrainState, started: float) -
     """Score the epoch on val, log it, and keep its weights when it is the best so far (val only:
     the test split is never read in training)."""
     cfg = job.cfg
-    # no DSL: selection on plain scores; the training device and precision
-    val = evaluate_split(fit.model, job.store, "val", job.params.evaluate, precision=job.cfg.precision)
+    # no DSL: selection on plain scores; on the training device, at evaluate.precision
+    val = evaluate_split(fit.model, job.store, "val", job.params.evaluate)
     score = selection_score(val, cfg.selection_metric)
     state.log_rows.append(
         {
