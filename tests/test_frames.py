@@ -207,6 +207,7 @@ def test_interrupted_run_output_is_byte_identical(tmp_path, tiny_raw, tiny_annot
     assert _files(out) == _files(whole)
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not (SHARED_DATA / "videos").is_dir(), reason="shared sample videos not present")
 def test_real_samples_through_the_stage(tmp_path, tiny_params):
     from mascot.annotations import normalize, write_table
