@@ -1,14 +1,16 @@
-"""GPU check: the two throughputs that size a paper-scale run, and peak GPU memory.
+"""GPU check: the throughputs and peak memory of the paper route's GPU stages, per backbone.
 
-    python benchmarks/gpu_check.py            # one CUDA GPU: ViT-B/32, bf16, batch 128 × 12 frames (≤ 8 min on an H200)
+    python benchmarks/gpu_check.py            # one CUDA GPU: ViT-B/32 and ViT-B/16, bf16, batch 128 × 12 frames
     python benchmarks/gpu_check.py --smoke    # any machine, CPU included: tiny config, tiny batch, seconds
 
-1. Feature caching: frames/s through the frozen ViT-B/32 prefix (docs/model.md, section "Where each part lives"; K = 12: patch
-   embedding only; K = 0 would be the whole tower) and through the whole tower, in bf16.
-2. MASCOT training: steps/s and videos/s of the full objective (unmasked pass, both masked views,
-   ISC decoder, backward, AdamW) at batch 128 × 12 frames with K trainable blocks.
-Random weights and random inputs: throughput does not depend on them. Record the printed table with
-the machine in docs/benchmarks.md.
+For each backbone at K = L (the paper recipe, as the presets set it, gradient checkpointing on):
+1. features stage: frames/s through the frozen part the cache holds (the patch embedding) and,
+   for reference, through the whole tower (docs/model.md, section "Where each part lives");
+2. evaluate stage: videos/s embedded from cached tokens (RetrievalModel.encode_video, no gradient);
+3. train stage: seconds per step of the baseline (meanP) and of MASCOT (unmasked pass, both masked
+   views, ISC decoder, backward, AdamW) at batch 128 × 12 frames;
+each with the peak GPU memory of that measurement. Random weights and random inputs: throughput
+does not depend on them. Record the printed table with the machine in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -26,8 +29,17 @@ from mascot.model import RetrievalModel
 from mascot.objective import Objective
 from mascot.train import optimizer_for
 
-FULL = {"model": "ViT-B-32", "batch": 128, "frames": 12, "words": 32, "blocks": 12, "image_batch": 512, "steps": 10, "warmup": 3}
-SMOKE = {"model": "mascot-tiny", "batch": 4, "frames": 3, "words": 12, "blocks": 4, "image_batch": 8, "steps": 2, "warmup": 1}
+FULL = {
+    "models": ["ViT-B-32-quickgelu", "ViT-B-16-quickgelu"],
+    "batch": 128,
+    "frames": 12,
+    "words": 32,
+    "image_batch": 512,
+    "steps": 10,
+    "warmup": 3,
+}
+SMOKE = {"models": ["mascot-tiny"], "batch": 4, "frames": 3, "words": 12, "image_batch": 8, "steps": 2, "warmup": 1}
+OBJECTIVES = {"meanP": None, "MASCOT": MaskConfig()}
 
 
 def sync(device: torch.device) -> None:
@@ -35,8 +47,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, steps: int, warmup: int) -> float:
-    """Seconds per call, after warm-up."""
+def measured(fn: Callable[[], object], device: torch.device, steps: int, warmup: int) -> tuple[float, float | None]:
+    """Seconds per call after warm-up, and the peak GPU memory (GiB) while it ran (None on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         fn()
     sync(device)
@@ -44,49 +59,89 @@ def timed(fn, device: torch.device, steps: int, warmup: int) -> float:
     for _ in range(steps):
         fn()
     sync(device)
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    return seconds, torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def caching_throughput(cfg: dict, device: torch.device, precision: str) -> dict[str, float]:
-    clip = create_clip(ClipConfig(model=cfg["model"])).to(device)
-    size = model_config(cfg["model"])["vision_cfg"]["image_size"]
-    images = torch.randn(cfg["image_batch"], 3, size, size, device=device)
-    out = {}
-    for name, k in (("patch embedding (K = L)", len(clip.visual.transformer.resblocks)), ("whole tower", None)):
-        prefix = VisionPrefix(clip.visual, k) if k else None
-
-        @torch.no_grad()
-        def encode(prefix=prefix):
-            with autocast(device, precision):
-                return prefix(images) if prefix else clip.encode_image(images)
-
-        out[name] = cfg["image_batch"] / timed(encode, device, cfg["steps"], cfg["warmup"])
-    return out
-
-
-def training_throughput(cfg: dict, device: torch.device, precision: str) -> tuple[float, float]:
-    clip = create_clip(ClipConfig(model=cfg["model"]))
-    size = model_config(cfg["model"])["vision_cfg"]["image_size"]
+def inputs(cfg: dict, model: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cached tokens at K = L, frame mask and caption tokens of one batch."""
+    clip = create_clip(ClipConfig(model=model))
+    size = model_config(model)["vision_cfg"]["image_size"]
     with torch.no_grad():
-        tokens_shape = VisionPrefix(clip.visual, cfg["blocks"])(torch.zeros(1, 3, size, size)).shape[1:]
-    variant = VariantConfig(temporal="meanP", mask=MaskConfig())
-    objective = Objective(RetrievalModel(clip, cfg["blocks"], variant, cfg["frames"]), variant).to(device).train()
-    optimizer = optimizer_for(objective, TrainConfig())
-    tokens = torch.randn(cfg["batch"], cfg["frames"], *tokens_shape, device=device)
+        shape = VisionPrefix(clip.visual, len(clip.visual.transformer.resblocks))(torch.zeros(1, 3, size, size)).shape[1:]
+    tokens = torch.randn(cfg["batch"], cfg["frames"], *shape, device=device)
     mask = torch.ones(cfg["batch"], cfg["frames"], dtype=torch.bool, device=device)
     text = torch.randint(1, 49000, (cfg["batch"], cfg["words"]), device=device)
     text[:, cfg["words"] // 2] = 49407
     text[:, cfg["words"] // 2 + 1 :] = 0
+    return tokens, mask, text
 
-    def step():
-        with autocast(device, precision):
-            loss = objective(tokens, mask, text)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
-    seconds = timed(step, device, cfg["steps"], cfg["warmup"])
-    return 1 / seconds, cfg["batch"] / seconds
+def features_rows(cfg: dict, model: str, device: torch.device, precision: str):
+    clip = create_clip(ClipConfig(model=model)).to(device).eval()
+    size = model_config(model)["vision_cfg"]["image_size"]
+    images = torch.randn(cfg["image_batch"], 3, size, size, device=device)
+    prefix = VisionPrefix(clip.visual, len(clip.visual.transformer.resblocks))
+    for what, encode in (
+        ("features: patch embedding (the K = L cache)", prefix),
+        ("whole tower, for reference", clip.encode_image),
+    ):
+
+        @torch.no_grad()
+        def run(encode=encode):
+            with autocast(device, precision):
+                return encode(images)
+
+        seconds, peak = measured(run, device, cfg["steps"], cfg["warmup"])
+        yield what, f"{cfg['image_batch'] / seconds:,.0f} frames/s", peak
+
+
+def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
+    tokens, mask, text = inputs(cfg, model, device)
+    blocks = model_config(model)["vision_cfg"]["layers"]
+    frames = cfg["batch"] * cfg["frames"]
+    for name, masking in OBJECTIVES.items():
+        variant = VariantConfig(temporal="meanP", mask=masking)
+        torch.manual_seed(0)
+        retrieval = RetrievalModel(create_clip(ClipConfig(model=model)), blocks, variant, cfg["frames"])
+        retrieval.set_grad_checkpointing(True)
+        objective = Objective(retrieval, variant).to(device).train()
+        if name == "meanP":
+            seconds, peak = measured(
+                lambda r=retrieval: embed(r, tokens, mask, device, precision), device, cfg["steps"], cfg["warmup"]
+            )
+            yield f"evaluate: video embedding, {cfg['frames']} frames", f"{cfg['batch'] / seconds:,.0f} videos/s", peak
+        optimizer = optimizer_for(objective, TrainConfig())
+        seconds, peak = measured(
+            lambda o=objective, opt=optimizer: train_step(o, opt, (tokens, mask, text), device, precision),
+            device,
+            cfg["steps"],
+            cfg["warmup"],
+        )
+        yield (
+            f"train: {name} step, batch {cfg['batch']} × {cfg['frames']}, K = {blocks}, checkpointing",
+            f"{seconds:.3f} s/step ({frames / seconds:,.0f} frames/s)",
+            peak,
+        )
+
+
+@torch.no_grad()
+def embed(model: RetrievalModel, tokens: torch.Tensor, mask: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    model.eval()
+    with autocast(device, precision):
+        out = model.encode_video(tokens, mask)
+    model.train()
+    return out
+
+
+def train_step(
+    objective: Objective, optimizer: torch.optim.Optimizer, batch: tuple, device: torch.device, precision: str
+) -> None:
+    with autocast(device, precision):
+        loss = objective(*batch)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def main() -> None:
@@ -99,22 +154,16 @@ def main() -> None:
     if device.type != "cuda" and not args.smoke:
         raise SystemExit("gpu_check: no CUDA device; run with --smoke to check the script on the CPU.")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    print(
-        f"device: {name}; torch {torch.__version__}; {cfg['model']}; precision {args.precision if device.type == 'cuda' else 'fp32 (CPU)'}"
-    )
+    precision = args.precision if device.type == "cuda" else "fp32 (CPU)"
+    print(f"device: {name}; torch {torch.__version__}; precision {precision}; random weights and inputs")
     print()
-    print("| measurement | value |")
-    print("|---|---:|")
-    for what, fps in caching_throughput(cfg, device, args.precision).items():
-        print(f"| feature caching, {what} | {fps:,.0f} frames/s |", flush=True)
-    steps, videos = training_throughput(cfg, device, args.precision)
-    print(
-        f"| MASCOT training, batch {cfg['batch']} × {cfg['frames']} frames, K = {cfg['blocks']} | {steps:.2f} steps/s ({videos:,.0f} videos/s) |"
-    )
-    if device.type == "cuda":
-        print(f"| peak GPU memory | {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB |")
+    print("| model | measurement | throughput | peak GPU memory |")
+    print("|---|---|---:|---:|")
+    for model in cfg["models"]:
+        for rows in (features_rows, model_rows):
+            for what, value, peak in rows(cfg, model, device, args.precision):
+                memory = f"{peak:.1f} GiB" if peak is not None else "n/a (CPU)"
+                print(f"| {model} | {what} | {value} | {memory} |", flush=True)
 
 
 if __name__ == "__main__":

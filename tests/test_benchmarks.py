@@ -17,8 +17,39 @@ def _run(*args: str) -> str:
 
 def test_gpu_check_smoke_runs_on_cpu():
     out = _run("benchmarks/gpu_check.py", "--smoke")
-    assert "| feature caching, whole tower |" in out and "frames/s" in out
-    assert "| MASCOT training, batch 4 × 3 frames, K = 4 |" in out and "steps/s" in out
+    rows = [line.split(" | ")[1] for line in out.splitlines() if line.startswith("| mascot-tiny")]
+    assert rows == [
+        "features: patch embedding (the K = L cache)",
+        "whole tower, for reference",
+        "evaluate: video embedding, 3 frames",
+        "train: meanP step, batch 4 × 3, K = 4, checkpointing",
+        "train: MASCOT step, batch 4 × 3, K = 4, checkpointing",
+    ]
+    assert "s/step" in out and "videos/s" in out and "n/a (CPU)" in out
+
+
+def test_data_loader_benchmark_compares_the_paths():
+    out = _run(
+        "benchmarks/data_loader.py",
+        "--models",
+        "mascot-tiny",
+        "--videos",
+        "8",
+        "--batch",
+        "4",
+        "--workers",
+        "0",
+        "1",
+        "--steps",
+        "4",
+    )
+    paths = [line.split(" | ")[2] for line in out.splitlines() if line.startswith("| mascot-tiny")]
+    assert paths[:3] == [
+        "previous path (float32 on the CPU, main process)",
+        "loader, 0 threads (fp16 as stored)",
+        "loader, 1 thread (fp16 as stored)",
+    ]
+    assert any(line.startswith("| mascot-tiny | meanP |") for line in out.splitlines())  # the FLOP count ran
 
 
 def test_mascot_step_benchmark_prints_the_ratio():

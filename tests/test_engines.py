@@ -138,3 +138,17 @@ def test_slurm_profile_builds_the_dag():
 
     out = sh(["snakemake", "--profile", "workflow/profiles/slurm", "-n", "-F"], REPO)
     assert "train__synthetic_mascot_0" in out and "gpu=1" in out
+
+
+def test_a_train_job_gets_one_gpu_per_process(tmp_path):
+    """`train.processes` sizes a train job's GPU request and the slot it waits for; other GPU stages keep one."""
+    repo = copy_project(tmp_path)
+    set_param(repo, "train.processes", 2)
+    commit(repo, "two processes")
+    out = sh(["snakemake", "-n", "-F", "-p", "--cores", "1"], repo)
+    jobs = re.split(r"\n(?=(?:localrule|rule) )", out)
+    train_jobs = [j for j in jobs if re.match(r"(?:localrule|rule) train__", j)]
+    features_jobs = [j for j in jobs if re.match(r"(?:localrule|rule) features__", j)]
+    assert train_jobs and features_jobs
+    assert all("gpu=2" in j and "mascot.gpu_slot --need 2 --" in j for j in train_jobs)
+    assert all("gpu=1" in j and "mascot.gpu_slot --need 1 --" in j for j in features_jobs)

@@ -104,7 +104,8 @@ def test_parallel_workers_give_identical_output(tmp_path, serial_frames, tiny_ra
     assert not frames.work_dir(out).exists()
     index = pd.read_parquet(out / "index.parquet")
     assert len(index["shard"].unique()) == 6 + 2 + 2  # 16 / 6 / 6 videos in shards of 3
-    assert set(index["decoder"]) == {"decord"} and not index["substituted"].any()
+    # the generated clips are short with one keyframe each: seeking saves nothing, PyAV decodes in order
+    assert set(index["decoder"]) == {"pyav"} and not index["substituted"].any()
 
 
 def _run_logged(params, annotations, video_root, out, die_after=None):
@@ -234,7 +235,7 @@ def test_real_samples_through_the_stage(tmp_path, tiny_params):
     index = pd.read_parquet(out / "index.parquet").set_index("video_id")
     assert json.loads((out / "failures.json").read_text()) == []
     repairs = {r["video_id"]: r for r in json.loads((out / "repairs.json").read_text())}
-    assert sorted(repairs) == ["corrupted.mp4", "no_duration.webm"]
-    assert repairs["corrupted.mp4"]["substituted"] == [[30, 29]] and repairs["no_duration.webm"]["decoder"] == "pyav"
+    assert sorted(repairs) == ["corrupted.mp4"]  # no_duration.webm: one keyframe, PyAV straight away (no failure)
+    assert repairs["corrupted.mp4"]["substituted"] == [[30, 29]] and index.loc["no_duration.webm", "decoder"] == "pyav"
     assert index.loc["corrupted.mp4", "num_valid"] == 50 and index.loc["corrupted.mp4", "substituted"] == 1
     assert index.loc["video_90.mov", "num_valid"] == 3

@@ -362,8 +362,8 @@ def test_mascot_fits_eight_pairs(tiny_features):
     # one caption per video, distinct texts, 8 pairs
     pick = captions.drop_duplicates("video_index").drop_duplicates("caption").index.to_numpy()[:8]
     assert len(pick) == 8
-    tokens, mask = store.video_batch(store.captions["video_index"].to_numpy()[pick])
-    text = store.text_batch(pick)
+    tokens, mask, text = store.pairs(pick)
+    tokens = tokens.float()
     objective, _ = _objective(MASCOT, frames=tokens.shape[1])
     opt = optimizer_for(objective, TrainConfig(lr=2e-3, clip_lr_scale=1.0))
     objective.train()

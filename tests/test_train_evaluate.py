@@ -17,7 +17,7 @@ def test_feature_cache_layout(tiny_features, tiny_params):
     store = FeatureStore.open(tiny_features)
     assert store.meta["trainable_blocks"] == tiny_params.train.trainable_blocks
     tokens, mask = store.video_batch(store.videos("test"))
-    assert tokens.shape == (6, tiny_params.frames.num_frames, 17, 128)
+    assert tokens.shape == (6, tiny_params.frames.num_frames, 17, 128) and tokens.dtype == torch.float16  # as stored
     assert (mask.sum(1) >= 1).all()
     assert not tokens[~mask].any()  # padded frames were never encoded
     assert store.shards[store.index["shard"][0]].dtype == np.float16
@@ -87,7 +87,7 @@ def test_cached_tokens_continue_the_same_tower(tiny_features, tiny_frames, tiny_
         frames = torch.from_numpy(np.array(shards[row.shard][row.row, : row.num_valid])).permute(0, 3, 1, 2).float() / 255
         tokens, _ = store.video_batch(np.array([position]))
         with torch.no_grad():
-            ours = top(tokens[0, : row.num_valid])
+            ours = top(tokens[0, : row.num_valid].float())
             ref = clip.encode_image((frames - mean) / std)
         torch.testing.assert_close(ours, ref, atol=1e-2, rtol=0)
         assert torch.nn.functional.cosine_similarity(ours, ref).min() > 1 - 1e-4

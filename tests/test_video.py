@@ -3,7 +3,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mascot.video import VideoReadError, read_clip, resize_center_crop, sample_indices
+from mascot.video import (
+    VideoReadError,
+    frames_decoded_seeking,
+    read_clip,
+    resize_center_crop,
+    sample_indices,
+    seeking_pays,
+    stream_index,
+)
 
 from .conftest import SHARED_DATA
 
@@ -113,9 +121,11 @@ def test_container_without_duration_falls_back_to_sequential_decoding(tmp_path):
         _ffmpeg("-f", "lavfi", "-i", "testsrc=size=96x64:rate=10:duration=2", "-c:v", "libvpx-vp9", "-f", "webm", "-", stdout=out)
     with pytest.raises(Exception):  # noqa: B017 -- decord raises its own DECORDError, not importable stably
         decord.VideoReader(str(path))
-    clip = read_clip(path, None, None, 40, 32)
-    assert clip.decoder == "pyav" and clip.num_valid == 20 and clip.substituted == ()
+    clip = read_clip(path, None, None, 40, 32, decoder="decord")
+    assert clip.decoder == "pyav" and clip.fell_back and clip.num_valid == 20 and clip.substituted == ()
     assert np.array_equal(clip.frames[:20], resize_center_crop(_decoded(path), 32))
+    auto = read_clip(path, None, None, 40, 32)  # one keyframe: the in-order route is taken straight away
+    assert auto.decoder == "pyav" and not auto.fell_back and np.array_equal(auto.frames, clip.frames)
 
 
 def test_one_undecodable_frame_is_replaced_by_its_neighbour(tmp_path):
@@ -168,9 +178,9 @@ FRAME_COUNTS = {
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", sorted(FRAME_COUNTS))
 def test_real_samples_every_frame(name):
-    clip = read_clip(SAMPLES / name, None, None, 400, 16)
+    clip = read_clip(SAMPLES / name, None, None, 400, 16, decoder="decord")
     assert clip.num_valid == FRAME_COUNTS[name]
-    assert clip.decoder == ("pyav" if name in ("no_duration.webm", "corrupted.mp4") else "decord")
+    assert clip.fell_back == (name in ("no_duration.webm", "corrupted.mp4"))
     assert clip.substituted == (((30, 29),) if name == "corrupted.mp4" else ())
 
 
@@ -178,9 +188,8 @@ def test_real_samples_every_frame(name):
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", sorted(FRAME_COUNTS))
 def test_real_samples_both_decoders_agree(name):
-    auto = read_clip(SAMPLES / name, None, None, 12, 32)
-    pyav = read_clip(SAMPLES / name, None, None, 12, 32, decoder="pyav")
-    assert auto.num_valid == pyav.num_valid and np.array_equal(auto.frames, pyav.frames)
+    clips = [read_clip(SAMPLES / name, None, None, 12, 32, decoder=d) for d in ("auto", "decord", "pyav")]
+    assert all(c.num_valid == clips[2].num_valid and np.array_equal(c.frames, clips[2].frames) for c in clips)
 
 
 @needs_samples
@@ -221,3 +230,38 @@ def test_skipping_non_reference_frames_leaves_the_targets_unchanged(tmp_path):
     assert skipped.keys() == full.keys() == targets
     assert all(np.array_equal(skipped[i], full[i]) for i in targets)
     assert len(decoded) < len(every) == 20  # frames were actually skipped
+
+
+def test_frames_decoded_seeking_known_answers():
+    # keyframes at 0 and 10; targets 3, 5 (continues from 3), 12 (from keyframe 10), 14 (continues from 12)
+    assert frames_decoded_seeking([3, 5, 12, 14], [0, 10]) == 4 + 2 + 3 + 2
+    assert frames_decoded_seeking([5, 3, 5], [0]) == 6  # sorted, duplicates once: one pass up to 5
+    assert frames_decoded_seeking([9], [0, 10]) == 10  # the keyframe after the target does not help
+    assert frames_decoded_seeking([29], list(range(0, 30, 10))) == 10
+
+
+@pytest.mark.parametrize(("gop", "route"), [(5, "decord"), (250, "pyav")])
+def test_auto_takes_the_route_the_keyframe_index_favours(tmp_path, gop, route):
+    """Short GOPs: seeking skips most frames, decord; one keyframe: every frame is needed, PyAV in
+    order. Either way the frames are those of both forced routes."""
+    path = tmp_path / f"gop{gop}.mp4"
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=96x64:rate=25:duration=4",
+        "-c:v",
+        "libx264",
+        "-g",
+        str(gop),
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    )
+    index = stream_index(path)
+    assert len(index.pts) == 100 and (len(index.keyframes) == 20 if gop == 5 else len(index.keyframes) <= 2)
+    assert seeking_pays(index, sample_indices(100, index.fps, None, None, 6)) == (route == "decord")
+    clip = read_clip(path, None, None, 6, 32)
+    assert clip.decoder == route and not clip.fell_back
+    for forced in ("decord", "pyav"):
+        assert np.array_equal(clip.frames, read_clip(path, None, None, 6, 32, decoder=forced).frames)

@@ -53,8 +53,14 @@ def _features(args, params):
 
 
 def _train(args, params):
-    from . import train
+    import os
 
+    from . import train
+    from .distributed import launch
+
+    if params.train.processes > 1 and "WORLD_SIZE" not in os.environ:
+        launch(params.train.processes, args.argv)  # the same command in every process, under torchrun
+        return
     train.run(params, args.features, args.dataset, args.variant, args.seed, args.model_out, args.log_out, args.state_dir)
 
 
@@ -174,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mascot").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:

@@ -66,10 +66,11 @@ class FramesConfig(Section):
         description="parallel decoding processes (one shard each); auto: one per available core (at most one per "
         "shard); a number above the available cores is capped at them",
     )
-    decoder: Literal["auto", "pyav"] = Field(
+    decoder: Literal["auto", "decord", "pyav"] = Field(
         "auto",
-        description="auto: decord's random access, sequential PyAV where decord fails; pyav: sequential PyAV only "
-        "(same frames; faster on long-GOP H.264, see docs/benchmarks.md)",
+        description="auto: per video, decord (seeking) where the keyframe index says seeking decodes fewer frames, "
+        "else sequential PyAV; decord: always decord first; pyav: sequential PyAV only. Every route gives the same "
+        "frames, and PyAV takes over where decord fails (docs/benchmarks.md, 'Frame extraction')",
     )
     max_failed_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="fail the stage when more than this fraction of videos is unreadable"
@@ -82,6 +83,12 @@ class ComputeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else the CPU")
     precision: Literal["bf16", "fp16", "fp32"] = Field(
         "bf16", description="autocast precision on CUDA (fp16 adds loss scaling in train); the CPU computes in fp32"
+    )
+    loader_workers: int = Field(
+        0,
+        ge=0,
+        description="threads that read and assemble the batches ahead of the compute (src/mascot/loader.py); 0: in the "
+        "stage's own process. Same batches, same results for any value",
     )
 
 
@@ -134,6 +141,23 @@ class TrainConfig(ComputeConfig):
     checkpoint_every: int = Field(
         0, ge=0, description="also save the resumable training state every this many steps (0: at epoch ends only)"
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        description="data-parallel training processes (one GPU each) that the train stage starts itself under torchrun; "
+        "each takes batch_size / processes pairs of every global batch, the loss is over the global batch (distributed.py)",
+    )
+
+    @model_validator(mode="after")
+    def _processes_split_the_batch(self) -> TrainConfig:
+        if self.processes > 1 and self.grad_cache_chunk:
+            raise ValueError(
+                f"grad_cache_chunk ({self.grad_cache_chunk}) works in one process, but processes is {self.processes}: set "
+                "grad_cache_chunk to 0 (each process then holds only its share of the batch) or processes to 1"
+            )
+        if self.batch_size % self.processes:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of processes ({self.processes})")
+        return self
 
     @field_validator("adam_betas")
     @classmethod

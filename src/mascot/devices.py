@@ -19,7 +19,8 @@ def select_device(name: str = "auto", key: str = "train.device") -> torch.device
         raise ConfigError(f"`{key}: cuda` but no CUDA device is visible; set `{key}: auto` or `cpu`.")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    # the current GPU by its index (distributed.init_from_env sets it per process): DDP needs the index
+    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
 
 
 def autocast(device: torch.device, precision: str):
@@ -40,3 +41,11 @@ def describe(device: torch.device, precision: str = "fp32") -> str:
         name = torch.cuda.get_device_name(device)
         return f"{device} ({name}), {'fp32' if precision == 'fp32' else precision + ' autocast'}"
     return f"cpu ({torch.get_num_threads()} threads), fp32"
+
+
+def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a tensor in its stored dtype to `device` (the copy overlaps compute from pinned memory)
+    and make it computable there: fp16/bf16 become fp32 after the copy (exact); integers and bools
+    keep their dtype."""
+    t = t.to(device, non_blocking=True)
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

@@ -1,8 +1,9 @@
 """Multi-process training (torchrun) with the global batch as contrastive negatives.
 
 A single process needs no launcher: every helper here is the identity when no process group is
-initialised. Under `torchrun --nproc_per_node N -m mascot train ...` each process takes 1/N of
-every global batch; text and video embeddings are all-gathered *with gradients*, so every process
+initialised. With `train.processes: N` the train stage restarts itself under torchrun (`launch`),
+so `dvc repro` and Snakemake train one run on N GPUs (gloo processes on a CPU-only machine); each
+process takes 1/N of every global batch; text and video embeddings are all-gathered *with gradients*, so every process
 computes the loss over the same global similarity matrix, and DistributedDataParallel averages the
 parameter gradients. The gather's backward sums the gradient of each slice over the processes, which,
 after DDP's average, is exactly the single-process gradient on the global batch.
@@ -10,10 +11,36 @@ after DDP's average, is exactly the single-process gradient on the global batch.
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 
 import torch
 import torch.distributed as dist
+
+from .errors import ConfigError, MascotError
+
+log = logging.getLogger(__name__)
+
+
+def launch(processes: int, argv: list[str]) -> None:
+    """Run `python -m mascot ARGV` in `processes` processes on this machine (torchrun, standalone
+    rendezvous) and wait for them; one GPU each when CUDA is visible."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if 0 < gpus < processes:
+        raise ConfigError(
+            f"`train.processes: {processes}` needs {processes} GPUs but {gpus} are visible (CUDA_VISIBLE_DEVICES); lower "
+            "train.processes, or give the job more GPUs (Snakemake asks for train.processes of them)."
+        )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", "mascot"]
+    log.info("train: starting %d processes (%s): %s", processes, f"{gpus} GPUs" if gpus else "gloo on the CPU", " ".join(argv))
+    returncode = subprocess.call([*command, *argv])
+    if returncode:
+        raise MascotError(
+            f"train: the {processes} training processes failed (exit status {returncode}); the first process's error is "
+            "above. Nothing was written; the resumable state (--state-dir) is kept, so rerunning continues from it."
+        )
 
 
 def world() -> tuple[int, int]:

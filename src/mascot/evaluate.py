@@ -11,9 +11,10 @@ import torch
 from .atomic import write_json
 from .checkpoint import load_checkpoint
 from .config import EvaluateConfig, Params
-from .devices import autocast, describe, select_device
+from .devices import autocast, describe, on_device, select_device
 from .errors import MascotError
 from .features import FeatureStore
+from .loader import prefetched
 from .metrics import embedding_metrics
 from .model import RetrievalModel
 from .progress import Progress
@@ -23,26 +24,28 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def embed_split(
-    model: RetrievalModel, store: FeatureStore, split: str, batch_size: int, precision: str = "fp32"
+    model: RetrievalModel, store: FeatureStore, split: str, cfg: EvaluateConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Caption and video embeddings of a split, and each caption's video (row of the video array),
-    computed on the model's device (autocast at `precision` there when it is a GPU)."""
+    computed on the model's device (autocast at `evaluate.precision` there when it is a GPU)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     videos, captions = store.videos(split), store.caption_rows(split)
     if len(videos) == 0 or len(captions) == 0:
         raise MascotError(f"{store.root}: the `{split}` split has no videos or no captions to evaluate.")
+    batch_size = cfg.batch_size
+    chunks = [videos[i : i + batch_size] for i in range(0, len(videos), batch_size)]
     video_emb = []
-    with autocast(device, precision), Progress(len(videos), f"embedding the {split} videos", "video") as bar:
-        for i in range(0, len(videos), batch_size):
-            video_emb.append(model.encode_video(*(t.to(device) for t in store.video_batch(videos[i : i + batch_size]))).cpu())
-            bar.update(len(videos[i : i + batch_size]))
+    with autocast(device, cfg.precision), Progress(len(videos), f"embedding the {split} videos", "video") as bar:
+        for chunk, batch in zip(chunks, prefetched(store.video_batch, chunks, cfg.loader_workers, device), strict=True):
+            video_emb.append(model.encode_video(*(on_device(t, device) for t in batch)).cpu())
+            bar.update(len(chunk))
     video_emb = torch.cat(video_emb)
-    with autocast(device, precision):
+    with autocast(device, cfg.precision):
         text_emb = torch.cat(
             [
-                model.encode_text(store.text_batch(captions[i : i + batch_size]).to(device)).cpu()
+                model.encode_text(on_device(store.text_batch(captions[i : i + batch_size]), device)).cpu()
                 for i in range(0, len(captions), batch_size)
             ]
         )
@@ -55,7 +58,7 @@ def embed_split(
 def evaluate_split(model: RetrievalModel, store: FeatureStore, split: str, cfg: EvaluateConfig, dsl: bool = False) -> dict:
     """Metrics of a split, computed in caption chunks (never the whole captions × videos matrix);
     with `dsl`, also the DSL post-processed metrics, kept apart under "dsl"."""
-    text, video, caption_video = embed_split(model, store, split, cfg.batch_size, cfg.precision)
+    text, video, caption_video = embed_split(model, store, split, cfg)
     metrics = embedding_metrics(text, video, caption_video, cfg.chunk_size, cfg.dsl_scale if dsl else None)
     return {**metrics, "num_videos": len(video), "num_captions": len(text)}
 

@@ -30,13 +30,14 @@ from .config import Params
 from .devices import autocast, describe, select_device
 from .errors import MascotError
 from .frames import open_frames
+from .loader import prefetched
 from .progress import Progress
 from .storage import allocated_memmap, check_free, disk_full_is_an_error
 
 log = logging.getLogger(__name__)
 
 
-def encode_frames(prefix: VisionPrefix, frames: np.ndarray, mean, std, batch_size: int, precision: str = "fp32") -> np.ndarray:
+def encode_frames(prefix: VisionPrefix, frames: torch.Tensor, mean, std, batch_size: int, precision: str = "fp32") -> np.ndarray:
     """uint8 frames (n, S, S, 3) → fp16 tokens (n, 1 + N, width), on the prefix's device: the uint8
     frames travel as they are stored and are converted there."""
     device = next(prefix.parameters()).device
@@ -44,7 +45,7 @@ def encode_frames(prefix: VisionPrefix, frames: np.ndarray, mean, std, batch_siz
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out = []
     for i in range(0, len(frames), batch_size):
-        x = torch.from_numpy(np.array(frames[i : i + batch_size])).to(device).permute(0, 3, 1, 2).float() / 255.0
+        x = frames[i : i + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad(), autocast(device, precision):
             out.append(prefix((x - mean_t) / std_t).to(torch.float16).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,), np.float16)
@@ -101,21 +102,30 @@ def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> 
     _check_space(out, shards, tuple(tokens_per_frame))
     with disk_full_is_an_error(Path(out).parent, "features"), atomic_dir(out) as tmp:
         feature_index = index.assign(shard=index["shard"].map(lambda s: f"vision-{s}"))
+        keys = []  # (shard, rows, valid frames) of each group of videos encoded together
+        for name in shards:
+            rows = index[index["shard"] == name]
+            row, valid = rows["row"].to_numpy(), rows["num_valid"].to_numpy()
+            keys += [(name, row[group], valid[group]) for group in video_groups(valid, batch_size)]
+        caches = {
+            name: allocated_memmap(tmp / f"vision-{name}", np.float16, (frames.shape[0], frames.shape[1], *tokens_per_frame))
+            for name, frames in shards.items()
+        }
+
+        def group_frames(key: tuple[str, np.ndarray, np.ndarray]) -> torch.Tensor:
+            name, row, valid = key
+            return torch.from_numpy(np.concatenate([shards[name][r, :v] for r, v in zip(row, valid, strict=True)]))
+
+        batches = prefetched(group_frames, keys, params.features.loader_workers, device)
         with Progress(int(index["num_valid"].sum()), "features", "frame") as progress:
-            for name, frames in shards.items():
-                rows = index[index["shard"] == name]
-                cache = allocated_memmap(
-                    tmp / f"vision-{name}", np.float16, (frames.shape[0], frames.shape[1], *tokens_per_frame)
-                )
-                row, valid = rows["row"].to_numpy(), rows["num_valid"].to_numpy()
-                for group in video_groups(valid, batch_size):
-                    batch = np.concatenate([frames[r, :v] for r, v in zip(row[group], valid[group])])  # noqa: B905 -- one table
-                    tokens = encode_frames(prefix, batch, mean, std, batch_size, precision)
-                    for r, v, offset in zip(row[group], valid[group], np.cumsum(valid[group]) - valid[group]):  # noqa: B905
-                        cache[r, :v] = tokens[offset : offset + v]
-                    progress.update(int(valid[group].sum()))
-                cache.flush()
-                del cache
+            for (name, row, valid), batch in zip(keys, batches, strict=True):
+                tokens = encode_frames(prefix, batch, mean, std, batch_size, precision)
+                for r, v, offset in zip(row, valid, np.cumsum(valid) - valid, strict=True):
+                    caches[name][r, :v] = tokens[offset : offset + v]
+                progress.update(int(valid.sum()))
+        for cache in caches.values():
+            cache.flush()
+        del caches
         feature_index.to_parquet(tmp / "index.parquet", index=False)
         captions.to_parquet(tmp / "captions.parquet", index=False)
         tokens = tokenize(captions["caption"].tolist()) if len(captions) else torch.zeros(0, params.features.max_words)
@@ -167,12 +177,18 @@ class FeatureStore:
         return np.flatnonzero(self.captions["split"].to_numpy() == split)
 
     def video_batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (B, T, 1 + N, width) float32 and the frame mask (B, T) bool."""
+        """Tokens (B, T, 1 + N, width) in their stored fp16 (loader.on_device makes them float32
+        where they are computed) and the frame mask (B, T) bool."""
         rows = self.index.iloc[positions]
         tokens = np.stack([self.shards[s][r] for s, r in zip(rows["shard"], rows["row"])])  # noqa: B905 -- two columns of one table
         t = tokens.shape[1]
         mask = np.arange(t)[None, :] < rows["num_valid"].to_numpy()[:, None]
-        return torch.from_numpy(tokens.astype(np.float32)), torch.from_numpy(mask)
+        return torch.from_numpy(tokens), torch.from_numpy(mask)
 
     def text_batch(self, caption_rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.text_tokens[caption_rows].astype(np.int64))
+
+    def pairs(self, caption_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A training batch: the captions' videos (tokens, frame mask) and the captions' tokens."""
+        tokens, mask = self.video_batch(self.captions["video_index"].to_numpy()[caption_rows])
+        return tokens, mask, self.text_batch(caption_rows)

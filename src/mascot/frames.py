@@ -6,6 +6,7 @@ Output folder layout (one artifact, replaced atomically):
                         decoder, substituted (unreadable frames replaced by their nearest readable one)
   failures.json         videos that could not be decoded, with the reason
   repairs.json          videos decord could not decode (PyAV did), or with replaced frames
+  (the index's `decoder` column says which route decoded each video: decord or pyav)
   meta.json             num_frames, image_size
 
 Shards are the unit of work and of resumption. Each finished shard lands in the sibling folder
@@ -31,7 +32,6 @@ import pandas as pd
 
 from .annotations import SPLITS, read_table, segment_bounds
 from .atomic import atomic_file, replace_dir, write_json
-from .clip_model import image_size
 from .config import Params
 from .errors import MascotError
 from .progress import Progress
@@ -44,8 +44,8 @@ FAILURES = "failures.json"
 REPAIRS = "repairs.json"
 META = "meta.json"
 INDEX_COLUMNS = ["video_id", "split", "shard", "row", "num_valid", "decoder", "substituted"]
-#: Bump when decoding changes in a way that changes pixels: finished shards of older code are redone.
-DECODER_VERSION = 2
+#: Bump when decoding changes pixels or what the index records: finished shards of older code are redone.
+DECODER_VERSION = 3
 
 
 def video_table(annotations: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -131,7 +131,7 @@ def decode_shard(job: tuple[Shard, str, str, int, int, str]) -> str:
                     messages.append({"video_id": video_id, "video_path": video_path, "text": text})
             array[row] = clip.frames
             index.append([video_id, shard.split, shard.name, row, clip.num_valid, clip.decoder, len(clip.substituted)])
-            if (decoder == "auto" and clip.decoder != "decord") or clip.substituted:  # fell back, or lost frames
+            if clip.fell_back or clip.substituted:  # decord failed, or frames were lost
                 repairs.append(
                     {
                         "video_id": video_id,
@@ -232,6 +232,8 @@ def work_dir(out: Path) -> Path:
 def run(params: Params, annotations_path: Path, video_root: Path, out: Path) -> None:
     cfg = params.frames
     out, video_root = Path(out), Path(video_root)
+    from .clip_model import image_size  # here, not at import: the decoding workers do without open_clip
+
     size = image_size(params.clip.model)
     videos = video_table(read_table(annotations_path), str(annotations_path))
     manifest = out.with_name(out.name + ".failures.json")

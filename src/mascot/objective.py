@@ -19,6 +19,7 @@ from torch import nn
 
 from .clip_model import TowerOutput, masking_needs_whole_tower
 from .config import VariantConfig
+from .devices import on_device
 from .distributed import gather, world
 from .errors import ConfigError
 from .isc import ISCDecoder, completion_loss
@@ -180,7 +181,7 @@ class Objective(nn.Module):
         device = device or tokens.device
 
         def chunk_of(part: slice) -> tuple[torch.Tensor, ...]:
-            return tuple(t[part].to(device) for t in (tokens, frame_mask, text_tokens))
+            return tuple(on_device(t[part], device) for t in (tokens, frame_mask, text_tokens))
 
         parts = [slice(i, i + chunk) for i in range(0, len(tokens), chunk)]
         states, encoded = [], []

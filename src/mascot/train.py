@@ -24,10 +24,11 @@ from . import distributed, resume
 from .checkpoint import save_checkpoint
 from .clip_model import check_split, create_clip
 from .config import Params, TrainConfig, VariantConfig
-from .devices import autocast, describe, grad_scaler, select_device
+from .devices import autocast, describe, grad_scaler, on_device, select_device
 from .errors import ConfigError, MascotError
 from .evaluate import evaluate_split
 from .features import FeatureStore
+from .loader import prefetched
 from .model import RetrievalModel
 from .objective import Objective
 from .progress import Progress
@@ -295,7 +296,7 @@ def forward_backward(job: Job, fit: Fit, step: int, tokens: torch.Tensor, mask: 
         )
     else:
         with autocast(job.device, cfg.precision):
-            terms = fit.trainer(tokens.to(job.device), mask.to(job.device), text.to(job.device))
+            terms = fit.trainer(*(on_device(t, job.device) for t in (tokens, mask, text)))
     loss = terms["loss"]
     if not torch.isfinite(loss):
         raise MascotError(f"train {job.name}: the loss became {loss.item()} at step {step}; lower train.lr.")
@@ -312,12 +313,12 @@ def train_epoch(job: Job, fit: Fit, state: TrainState, save: Callable[[], None])
     if state.order is None:
         state.order, state.sums, state.next_step = torch.from_numpy(fit.generator.permutation(job.train_rows)), {}, 0
     order = state.order.numpy()
-    caption_video = store.captions["video_index"].to_numpy()
+    # this process's caption rows of each remaining step; the loader's processes read their batches ahead
+    keys = [distributed.shard(order[i * batch : (i + 1) * batch], job.rank, job.processes) for i in range(state.next_step, steps)]
+    batches = prefetched(store.pairs, keys, cfg.loader_workers, job.device)
     bar = Progress(steps, f"train {job.name} epoch {state.epoch}", "step", initial=state.next_step)
-    for i in range(state.next_step, steps):
-        rows = distributed.shard(order[i * batch : (i + 1) * batch], job.rank, job.processes)
-        tokens, mask = store.video_batch(caption_video[rows])
-        terms = forward_backward(job, fit, state.step, tokens, mask, store.text_batch(rows))
+    for i, (tokens, mask, text) in zip(range(state.next_step, steps), batches, strict=True):
+        terms = forward_backward(job, fit, state.step, tokens, mask, text)
         fit.scaler.unscale_(fit.optimizer)
         torch.nn.utils.clip_grad_norm_(fit.objective.parameters(), cfg.grad_clip)
         fit.scaler.step(fit.optimizer)
@@ -411,10 +412,10 @@ def run(
     store = FeatureStore.open(features_dir)
     train_rows = check_inputs(params, features_dir, store, variant_name, variant)
     rank, processes = distributed.init_from_env()
-    if params.train.grad_cache_chunk and processes > 1:
+    if processes != params.train.processes:
         raise ConfigError(
-            f"`train.grad_cache_chunk: {params.train.grad_cache_chunk}` works in one process, but {processes} were started: "
-            "set it to 0 (each process then holds only its share of the batch) or train in one process."
+            f"train runs in {processes} process(es) but `train.processes` is {params.train.processes}: set that key and run "
+            "the stage as it is (`python -m mascot train …` starts its own processes), not under a launcher."
         )
     device = select_device(params.train.device)
     job = Job(params, dataset, variant_name, variant, seed, store, train_rows, device, rank, processes)

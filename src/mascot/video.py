@@ -4,16 +4,26 @@ Sampling takes the centre frame of `num_frames` equal bins over [start, end]. A 
 `num_frames` decoded frames returns every frame it has and reports how many are valid; the caller
 stores that count so that padded frames are masked, never mistaken for (black) content.
 
-decord seeks straight to the sampled frames, which is what makes extraction fast, but it cannot
-open a container without a duration, and one undecodable frame fails its whole batch. For those
-videos a sequential PyAV pass takes over: it decodes in order, replaces a frame that cannot be
+Two routes get the frames, with the same pixels (tests hold them to each other and to FFmpeg).
+decord seeks to the keyframe before each sampled frame and decodes from there; PyAV decodes in
+order, skipping the non-reference frames nobody needs. Which is faster depends on the file: with
+keyframes every second or two on a long video, seeking skips most of it; with one keyframe every
+few hundred frames, every sampled frame needs nearly all the frames before it anyway and the
+in-order pass, which skips frames, wins (docs/benchmarks.md, "Frame extraction"). `decoder: auto`
+therefore reads the container's keyframe index (demuxing, no decoding) and takes decord only where
+seeking decodes fewer frames than the in-order pass would (`seeking_pays`).
+
+decord cannot open a container without a duration, and one undecodable frame fails its whole
+batch. For those videos the sequential PyAV pass takes over as a fallback: it decodes in order, replaces a frame that cannot be
 decoded by the nearest readable one (and reports the substitution), and applies the display
 rotation (decord 0.6.0 applies it too; tests hold both routes to FFmpeg's own rotated output).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -35,7 +45,8 @@ class VideoReadError(Exception):
 class Clip:
     frames: np.ndarray  # (num_frames, size, size, 3) uint8; rows >= num_valid are zero padding
     num_valid: int
-    decoder: str = "decord"  # decord | pyav (the sequential fallback)
+    decoder: str = "decord"  # decord | pyav (the sequential route)
+    fell_back: bool = False  # decord was tried and failed; PyAV decoded the video
     #: (sampled frame index, index of the readable frame used instead) for every unreadable frame
     substituted: tuple[tuple[int, int], ...] = field(default_factory=tuple)
 
@@ -142,22 +153,67 @@ def _decode(path: Path, rank: dict[int, int] | None, targets: set[int], skip: bo
     return got, readable
 
 
-def _read_sequential(path: Path, start: float | None, end: float | None, num_frames: int, size: int) -> Clip:
-    """PyAV: demux to count and time the frames, decode in order, replace unreadable frames."""
+@dataclass(frozen=True)
+class StreamIndex:
+    """What demuxing (no decoding) says of a video stream: its frames in display order and which
+    of them are keyframes."""
+
+    pts: list[int]  # presentation timestamps of the frames, sorted
+    keyframes: list[int]  # positions in `pts` of the keyframes, sorted
+    fps: float
+
+
+def stream_index(path: Path) -> StreamIndex:
     import av
 
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise VideoReadError("no video stream")
         stream = container.streams.video[0]
-        pts = sorted({p.pts for p in container.demux(stream) if p.pts is not None and p.size})
+        packets = {p.pts: p.is_keyframe for p in container.demux(stream) if p.pts is not None and p.size}
         rate = stream.average_rate
         time_base = float(stream.time_base)
-    if not pts:
+    if not packets:
         raise VideoReadError("no video packets")
+    pts = sorted(packets)
     seconds = (pts[-1] - pts[0]) * time_base
     fps = float(rate) if rate else (len(pts) - 1) / seconds if seconds > 0 else 1.0
-    indices = sample_indices(len(pts), fps, start, end, num_frames)
+    return StreamIndex(pts, [i for i, p in enumerate(pts) if packets[p]], fps)
+
+
+def frames_decoded_seeking(indices: list[int], keyframes: list[int]) -> int:
+    """Frames decoded to reach `indices` by seeking (decord): each sampled frame is decoded from the
+    keyframe at or before it, or onward from the previous sampled frame when that lies between."""
+    decoded, position = 0, -1
+    for target in sorted(set(indices)):
+        i = bisect.bisect_right(keyframes, target) - 1
+        keyframe = keyframes[i] if i >= 0 else 0
+        start = position + 1 if keyframe <= position < target else keyframe
+        decoded += target - start + 1
+        position = target
+    return decoded
+
+
+#: Seeking must save at least this fraction of the in-order pass's frames to pay: the in-order pass
+#: skips the non-reference frames, which made it 1.2-1.4x faster than decord where both decode about
+#: as many frames (docs/benchmarks.md, "Frame extraction").
+SEEKING_MUST_SAVE = 0.2
+
+
+def seeking_pays(index: StreamIndex, indices: list[int]) -> bool:
+    """Whether seeking (decord) decodes clearly fewer frames than one in-order pass up to the last
+    sampled frame (PyAV, which in addition skips the non-reference frames)."""
+    return frames_decoded_seeking(indices, index.keyframes) <= (1 - SEEKING_MUST_SAVE) * (max(indices) + 1)
+
+
+def _read_sequential(
+    path: Path, start: float | None, end: float | None, num_frames: int, size: int, index: StreamIndex | None = None
+) -> Clip:
+    """PyAV: demux to count and time the frames (unless `index` is given), decode in order, replace
+    unreadable frames."""
+    index = index or stream_index(path)
+    pts = index.pts
+    indices = sample_indices(len(pts), index.fps, start, end, num_frames)
     rank = {p: i for i, p in enumerate(pts)}
     try:
         got, readable = _decode(path, rank, set(indices), skip=True)
@@ -182,16 +238,23 @@ def read_clip(
 ) -> Clip:
     """Decode `num_frames` uniformly sampled frames of `path`, resized and centre-cropped.
 
-    `decoder="auto"` tries decord and falls back to sequential PyAV decoding when decord fails;
-    "pyav" forces the fallback (tests and benchmarks compare the two).
+    `decoder="auto"` takes the faster route for this file (decord where seeking pays, else PyAV in
+    order) and falls back to PyAV when decord fails; "decord" and "pyav" force a route (tests and
+    benchmarks compare them; a forced decord still falls back).
     """
     path = Path(path)
     if not path.is_file():
         raise VideoReadError("file not found")
     if path.stat().st_size == 0:
         raise VideoReadError("empty file (0 bytes)")
-    first = None
+    index = None
     if decoder == "auto":
+        with contextlib.suppress(Exception):  # an unreadable index: decord, then the fallback, say why
+            index = stream_index(path)
+            if not seeking_pays(index, sample_indices(len(index.pts), index.fps, start, end, num_frames)):
+                decoder = "pyav"
+    first = None
+    if decoder != "pyav":
         try:
             return _read_decord(path, start, end, num_frames, size)
         except VideoReadError:
@@ -199,11 +262,12 @@ def read_clip(
         except Exception as exc:  # decord raises plain RuntimeError/DECORDError subclasses
             first = f"decord: {_reason(exc)}"
     try:
-        return _read_sequential(path, start, end, num_frames, size)
+        clip = _read_sequential(path, start, end, num_frames, size, index)
     except VideoReadError as exc:
         raise VideoReadError("; ".join(filter(None, [first, f"PyAV: {exc}"]))) from None
     except Exception as exc:  # PyAV raises av.FFmpegError subclasses and friends
         raise VideoReadError("; ".join(filter(None, [first, f"PyAV: {_reason(exc)}"]))) from None
+    return dataclasses.replace(clip, fell_back=first is not None)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 # engines cannot drift: same command, same inputs, same outputs. The stage's own parameter values
 # are passed as a rule param, so Snakemake's params rerun trigger sees the edits DVC sees.
 # Threads, memory, runtime and GPUs per stage come from workflow/resources.yaml; a job that asks for
-# a GPU runs through `python -m mascot.gpu_slot`, which gives it its own CUDA_VISIBLE_DEVICES.
+# a GPU runs through `python -m mascot.gpu_slot`, which gives it its own CUDA_VISIBLE_DEVICES (a
+# train stage gets `train.processes` GPUs, one per process it starts).
 # Uses DVC's stage index (internal API; dvc is pinned in pyproject.toml).
 import json
 import re
@@ -64,9 +65,15 @@ def load_resources(path, stages):
     return table
 
 
-def stage_resources(address, table):
-    """threads / mem_mb / runtime / gpu of a stage (`train@synthetic-meanP-0` → `train`)."""
-    return {**table["default"], **table["stages"].get(address.split("@")[0], {})}
+def stage_resources(stage, table):
+    """threads / mem_mb / runtime / gpu of a stage (`train@synthetic-meanP-0` → `train`); a `gpu`
+    given as a params key (`train.processes`) is read from the stage's own params."""
+    res = {**table["default"], **table["stages"].get(stage["address"].split("@")[0], {})}
+    if isinstance(res["gpu"], str):
+        section, _, key = res["gpu"].partition(".")
+        params = json.loads(stage["params"])
+        res["gpu"] = int(params[res["gpu"]] if res["gpu"] in params else params[section][key])
+    return res
 
 
 DVC_STAGES = resolved_stages(workflow.basedir)
@@ -75,7 +82,7 @@ PRODUCED = [o for s in DVC_STAGES for o in s["outs"]]
 
 
 for _stage in DVC_STAGES:
-    _res = stage_resources(_stage["address"], RESOURCES)
+    _res = stage_resources(_stage, RESOURCES)
 
     rule:
         name:
@@ -96,6 +103,6 @@ for _stage in DVC_STAGES:
         params:
             cmd=_stage["cmd"],
             dvc_params=_stage["params"],
-            launcher="python -m mascot.gpu_slot -- " if _res["gpu"] else "",
+            launcher=f"python -m mascot.gpu_slot --need {_res['gpu']} -- " if _res["gpu"] else "",
         shell:
             "{params.launcher}{params.cmd} > {log} 2>&1"
