@@ -4,11 +4,13 @@
     python benchmarks/gpu_check.py --smoke    # any machine, CPU included: tiny config, tiny batch, seconds
 
 For each backbone at K = L (the paper recipe, as the presets set it, gradient checkpointing on):
-1. features stage: frames/s through the frozen part the cache holds (the patch embedding) and,
-   for reference, through the whole tower (docs/model.md, section "Where each part lives");
-2. evaluate stage: videos/s embedded from cached tokens (RetrievalModel.encode_video, no gradient);
+1. features stage: frames/s of its own encoding function (uint8 frames uploaded, the part the cache
+   holds: the patch embedding at K = L, fp16 tokens downloaded; the memmap writes are left out) and,
+   for reference, of the whole tower (docs/model.md, section "Where each part lives");
+2. evaluate stage: videos/s embedded from cached fp16 tokens in host memory (encode_video);
 3. train stage: seconds per step of the baseline (meanP) and of MASCOT (unmasked pass, both masked
-   views, ISC decoder, backward, AdamW) at batch 128 × 12 frames;
+   views, ISC decoder, backward, clipping, AdamW) at batch 128 × 12 frames, the batch uploaded from
+   pinned fp16 as the loader hands it over (the loader's own reading is benchmarks/data_loader.py);
 each with the peak GPU memory of that measurement. Random weights and random inputs: throughput
 does not depend on them. Record the printed table with the machine in docs/benchmarks.md.
 """
@@ -22,9 +24,10 @@ from collections.abc import Callable
 
 import torch
 
-from mascot.clip_model import VisionPrefix, create_clip, model_config
+from mascot.clip_model import VisionPrefix, create_clip, model_config, normalization
 from mascot.config import ClipConfig, MaskConfig, TrainConfig, VariantConfig
-from mascot.devices import autocast, select_device
+from mascot.devices import autocast, on_device, select_device
+from mascot.features import encode_frames
 from mascot.model import RetrievalModel
 from mascot.objective import Objective
 from mascot.train import optimizer_for
@@ -64,36 +67,47 @@ def measured(fn: Callable[[], object], device: torch.device, steps: int, warmup:
 
 
 def inputs(cfg: dict, model: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cached tokens at K = L, frame mask and caption tokens of one batch."""
+    """One batch as the loader hands it over: cached tokens at K = L in their stored fp16, frame mask
+    and caption tokens, in pinned host memory on a GPU machine."""
     clip = create_clip(ClipConfig(model=model))
     size = model_config(model)["vision_cfg"]["image_size"]
     with torch.no_grad():
         shape = VisionPrefix(clip.visual, len(clip.visual.transformer.resblocks))(torch.zeros(1, 3, size, size)).shape[1:]
-    tokens = torch.randn(cfg["batch"], cfg["frames"], *shape, device=device)
-    mask = torch.ones(cfg["batch"], cfg["frames"], dtype=torch.bool, device=device)
-    text = torch.randint(1, 49000, (cfg["batch"], cfg["words"]), device=device)
+    tokens = torch.randn(cfg["batch"], cfg["frames"], *shape).half()
+    mask = torch.ones(cfg["batch"], cfg["frames"], dtype=torch.bool)
+    text = torch.randint(1, 49000, (cfg["batch"], cfg["words"]))
     text[:, cfg["words"] // 2] = 49407
     text[:, cfg["words"] // 2 + 1 :] = 0
-    return tokens, mask, text
+    batch = (tokens, mask, text)
+    return tuple(t.pin_memory() for t in batch) if device.type == "cuda" else batch
 
 
 def features_rows(cfg: dict, model: str, device: torch.device, precision: str):
+    """The features stage's own encoding (features.encode_frames): uint8 frames from host memory to
+    the device, normalised there, through the cached part, fp16 tokens back to the host."""
     clip = create_clip(ClipConfig(model=model)).to(device).eval()
     size = model_config(model)["vision_cfg"]["image_size"]
-    images = torch.randn(cfg["image_batch"], 3, size, size, device=device)
+    frames = torch.randint(0, 256, (cfg["image_batch"], size, size, 3), dtype=torch.uint8)
+    frames = frames.pin_memory() if device.type == "cuda" else frames
+    mean, std = normalization(clip)
     prefix = VisionPrefix(clip.visual, len(clip.visual.transformer.resblocks))
-    for what, encode in (
-        ("features: patch embedding (the K = L cache)", prefix),
-        ("whole tower, for reference", clip.encode_image),
-    ):
+    seconds, peak = measured(
+        lambda: encode_frames(prefix, frames, mean, std, cfg["image_batch"], precision), device, cfg["steps"], cfg["warmup"]
+    )
+    yield (
+        "features: encode_frames at K = L (upload, patch embedding, download)",
+        f"{cfg['image_batch'] / seconds:,.0f} frames/s",
+        peak,
+    )
+    images = torch.randn(cfg["image_batch"], 3, size, size, device=device)
 
-        @torch.no_grad()
-        def run(encode=encode):
-            with autocast(device, precision):
-                return encode(images)
+    @torch.no_grad()
+    def whole_tower():
+        with autocast(device, precision):
+            return clip.encode_image(images)
 
-        seconds, peak = measured(run, device, cfg["steps"], cfg["warmup"])
-        yield what, f"{cfg['image_batch'] / seconds:,.0f} frames/s", peak
+    seconds, peak = measured(whole_tower, device, cfg["steps"], cfg["warmup"])
+    yield "whole tower, for reference (inputs on the device)", f"{cfg['image_batch'] / seconds:,.0f} frames/s", peak
 
 
 def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
@@ -127,9 +141,10 @@ def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
 
 @torch.no_grad()
 def embed(model: RetrievalModel, tokens: torch.Tensor, mask: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    """The evaluate stage's video embedding, from the batch as the loader hands it over."""
     model.eval()
     with autocast(device, precision):
-        out = model.encode_video(tokens, mask)
+        out = model.encode_video(on_device(tokens, device), on_device(mask, device))
     model.train()
     return out
 
@@ -137,11 +152,15 @@ def embed(model: RetrievalModel, tokens: torch.Tensor, mask: torch.Tensor, devic
 def train_step(
     objective: Objective, optimizer: torch.optim.Optimizer, batch: tuple, device: torch.device, precision: str
 ) -> None:
+    """The train stage's step (train.forward_backward's one-graph path and what follows it): the
+    batch to the device, forward and backward under autocast, gradient clipping, AdamW."""
     with autocast(device, precision):
-        loss = objective(*batch)["loss"]
+        loss = objective(*(on_device(t, device) for t in batch))["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
     optimizer.step()
+    loss.item()  # the stage logs every step's loss: one host sync per step
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ def test_gpu_check_smoke_runs_on_cpu():
     out = _run("benchmarks/gpu_check.py", "--smoke")
     rows = [line.split(" | ")[1] for line in out.splitlines() if line.startswith("| mascot-tiny")]
     assert rows == [
-        "features: patch embedding (the K = L cache)",
-        "whole tower, for reference",
+        "features: encode_frames at K = L (upload, patch embedding, download)",
+        "whole tower, for reference (inputs on the device)",
         "evaluate: video embedding, 3 frames",
         "train: meanP step, batch 4 × 3, K = 4, checkpointing",
         "train: MASCOT step, batch 4 × 3, K = 4, checkpointing",
@@ -74,7 +74,8 @@ def test_frame_extraction_benchmark_compares_both_routes(tmp_path):
     row = next(line for line in out.splitlines() if line.startswith("| 2 generated clips"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2].endswith("×") and cells[3].endswith("×")
-    assert cells[4].startswith("12.0 / 12.0 (same)")  # 4 s at 3 fps: 12 frames to sample from
+    assert cells[4].endswith("× (2 pyav)")  # one keyframe each (libx264's default GOP): the in-order route
+    assert cells[5].startswith("12.0 / 12.0 (same)")  # 4 s at 3 fps: 12 frames to sample from
 
 
 def test_exact_masking_benchmark_prints_every_design():

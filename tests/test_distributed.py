@@ -52,7 +52,7 @@ def test_the_train_stage_starts_its_own_processes(tmp_path, tiny_features, tiny_
     from .conftest import tiny_params_dict
 
     raw = tiny_params_dict()
-    raw["train"]["processes"] = 2
+    raw["train"].update({"processes": 2, "device": "cpu"})  # gloo, also on a machine with GPUs
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     two = tmp_path / "two.csv"
     flags = ["--features", str(tiny_features), "--dataset", "synthetic", "--variant", "mascot", "--seed", "0"]
@@ -71,7 +71,8 @@ def test_the_train_stage_starts_its_own_processes(tmp_path, tiny_features, tiny_
         ]
     )
     one = tmp_path / "one.csv"
-    train.run(tiny_params, tiny_features, "synthetic", "mascot", 0, tmp_path / "one.pt", one)
+    cpu = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"device": "cpu"})})
+    train.run(cpu, tiny_features, "synthetic", "mascot", 0, tmp_path / "one.pt", one)
     rows = [list(csv.DictReader(steps_path(p).open())) for p in (one, two)]
     assert len(rows[0]) == len(rows[1]) >= 3
     for a, b in zip(*rows, strict=True):  # the global batch's InfoNCE (the logged ISC/KL terms are process 0's share)

@@ -24,7 +24,7 @@ def test_concurrent_jobs_get_different_gpus(tmp_path):
 def test_a_busy_machine_waits_for_a_free_gpu(tmp_path):
     with gpu_slot(1, tmp_path) as first:
         assert first == [0]
-        with pytest.raises(TimeoutError, match="busy"):
+        with pytest.raises(TimeoutError, match="did not come free"):
             with gpu_slot(1, tmp_path, poll_s=0.05, timeout_s=0.2):
                 pass
     with gpu_slot(1, tmp_path, timeout_s=1) as again:  # freed when the first block ended

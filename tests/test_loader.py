@@ -1,6 +1,7 @@
 """The data path: batches read ahead by loader threads are the batches of the in-process path."""
 
 import numpy as np
+import pytest
 import torch
 
 from mascot import features, train
@@ -55,3 +56,16 @@ def test_training_is_the_same_with_loader_threads(tmp_path, tiny_features, tiny_
     assert outs[0][0] == outs[2][0] and outs[0][1] == outs[2][1]
     assert outs[0][2].keys() == outs[2][2].keys()
     assert all(torch.equal(v, outs[2][2][k]) for k, v in outs[0][2].items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_batches_arrive_pinned_and_equal(tiny_features):
+    store = FeatureStore.open(tiny_features)
+    rows = store.caption_rows("train")
+    keys = [rows[i : i + 4] for i in range(0, len(rows), 4)]
+    cuda = torch.device("cuda")
+    for key, batch in zip(keys, prefetched(store.pairs, keys, 2, cuda), strict=True):
+        assert all(t.is_pinned() for t in batch)
+        tokens = on_device(batch[0], cuda)
+        assert tokens.dtype == torch.float32 and torch.equal(tokens.cpu(), store.pairs(key)[0].float())

@@ -143,3 +143,20 @@ def test_a_missing_or_stale_dep_is_reported():
     _, deps = dvc_stages()["evaluate"]
     missing, unused = uncovered(code, [d for d in deps if d != "src/mascot/features.py"] + ["src/mascot/tables.py"])
     assert missing == ["src/mascot/features.py"] and unused == ["src/mascot/tables.py"]
+
+
+def test_every_setting_that_can_change_an_output_is_tracked():
+    """A stage's params list every key of its section except those that change only speed or
+    resumption (so that tuning them reruns nothing); a key added to the schema must be listed."""
+    from mascot.config import EvaluateConfig, FeaturesConfig, TrainConfig
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    untracked = {"loader_workers", "checkpoint_every"}
+    for stage, section, schema in (
+        ("features", "features", FeaturesConfig),
+        ("train", "train", TrainConfig),
+        ("evaluate", "evaluate", EvaluateConfig),
+    ):
+        listed = {p.removeprefix(f"{section}.") for p in stages[stage]["params"] if p.startswith(f"{section}.")}
+        assert section not in stages[stage]["params"], f"{stage} tracks the whole `{section}` section"
+        assert listed == set(schema.model_fields) - untracked, stage

@@ -59,7 +59,7 @@ def _train(args, params):
     from .distributed import launch
 
     if params.train.processes > 1 and "WORLD_SIZE" not in os.environ:
-        launch(params.train.processes, args.argv)  # the same command in every process, under torchrun
+        launch(params.train.processes, args.argv, params.train.device)  # the same command in every process, under torchrun
         return
     train.run(params, args.features, args.dataset, args.variant, args.seed, args.model_out, args.log_out, args.state_dir)
 

@@ -44,7 +44,7 @@ def describe(device: torch.device, precision: str = "fp32") -> str:
 
 
 def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a tensor in its stored dtype to `device` (the copy overlaps compute from pinned memory)
+    """Move a tensor in its stored dtype to `device` (from pinned memory without blocking the host)
     and make it computable there: fp16/bf16 become fp32 after the copy (exact); integers and bools
     keep their dtype."""
     t = t.to(device, non_blocking=True)

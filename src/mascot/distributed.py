@@ -13,29 +13,41 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 
 import torch
 import torch.distributed as dist
 
+from .devices import select_device
 from .errors import ConfigError, MascotError
 
 log = logging.getLogger(__name__)
 
 
-def launch(processes: int, argv: list[str]) -> None:
+def launch(processes: int, argv: list[str], device: str = "auto") -> None:
     """Run `python -m mascot ARGV` in `processes` processes on this machine (torchrun, standalone
-    rendezvous) and wait for them; one GPU each when CUDA is visible."""
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if 0 < gpus < processes:
+    rendezvous) and wait for them: one GPU each when `device` (train.device) selects CUDA, gloo
+    processes on the CPU otherwise. A SIGTERM to this process is passed on to torchrun, which
+    stops the workers (a GPU slot is never released while they still run)."""
+    cuda = select_device(device).type == "cuda"
+    gpus = torch.cuda.device_count() if cuda else 0
+    if cuda and gpus < processes:
         raise ConfigError(
             f"`train.processes: {processes}` needs {processes} GPUs but {gpus} are visible (CUDA_VISIBLE_DEVICES); lower "
             "train.processes, or give the job more GPUs (Snakemake asks for train.processes of them)."
         )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", "mascot"]
-    log.info("train: starting %d processes (%s): %s", processes, f"{gpus} GPUs" if gpus else "gloo on the CPU", " ".join(argv))
-    returncode = subprocess.call([*command, *argv])
+    log.info(
+        "train: starting %d processes (%s): %s", processes, f"{processes} GPUs" if cuda else "gloo on the CPU", " ".join(argv)
+    )
+    child = subprocess.Popen([*command, *argv])
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    try:
+        returncode = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if returncode:
         raise MascotError(
             f"train: the {processes} training processes failed (exit status {returncode}); the first process's error is "
@@ -50,13 +62,14 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_from_env() -> tuple[int, int]:
-    """Join the process group torchrun describes in the environment (nothing to do otherwise)."""
+def init_from_env(cuda: bool | None = None) -> tuple[int, int]:
+    """Join the process group torchrun describes in the environment (nothing to do otherwise):
+    NCCL with one GPU per process when `cuda` (default: when CUDA is available), else gloo."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if cuda else "gloo")
     return world()
 
 

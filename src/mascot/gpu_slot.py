@@ -45,17 +45,17 @@ def gpu_slot(count: int, lock_dir: Path = DEFAULT_LOCK_DIR, poll_s: float = 0.5,
     start = time.monotonic()
     while True:
         held: list[tuple[int, object]] = []
-        for gpu in range(count):
-            handle = open(lock_dir / f"gpu{gpu}.lock", "w")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            held.append((gpu, handle))
-            if len(held) == need:
-                break
         try:
+            for gpu in range(count):
+                handle = open(lock_dir / f"gpu{gpu}.lock", "w")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                held.append((gpu, handle))
+                if len(held) == need:
+                    break
             if len(held) == need:
                 yield [gpu for gpu, _ in held]
                 return

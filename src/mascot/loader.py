@@ -2,12 +2,13 @@
 
 Every stage that computes (features, train, evaluate) reads its inputs through `prefetched`: with
 `loader_workers` > 0 the batches are built by that many threads, `prefetch` batches ahead per
-thread, in pinned memory when the device is a GPU (the copy to it then runs asynchronously). They
+thread, while the current batch computes; on a GPU they are put in pinned memory, so that the copy
+to the device does not block the host (it runs on the current stream, in order with the compute). They
 travel in their stored dtype (uint8 frames, fp16 tokens: a quarter or half of float32's bytes) and
 devices.on_device converts them where they are computed. Threads, not processes: assembling a batch
 is copying from memory maps, which numpy does without holding the GIL, and a batch handed over by a
-process would be copied once more through shared memory (benchmarks/data_loader.py measured that
-path 5-9x slower than one thread). The batches, and so the results, do not depend on the number of
+process would be copied once more through shared memory (benchmarks/data_loader.py measured torch's
+DataLoader processes several times slower than one thread, docs/benchmarks.md). The batches, and so the results, do not depend on the number of
 threads: each is a pure function of its key, and they are yielded in the keys' order.
 """
 

@@ -176,7 +176,10 @@ class Job:
         """Everything that determines the run: a saved state is resumed only when this matches."""
         return resume.fingerprint(
             {
-                "params": self.params.model_dump(include={"clip", "train", "evaluate"}),
+                "params": self.params.model_dump(
+                    include={"clip", "train", "evaluate"},
+                    exclude={"train": {"loader_workers", "checkpoint_every"}, "evaluate": {"loader_workers"}},
+                ),
                 "variant": self.variant.model_dump(),
                 "seed": self.seed,
                 "features": self.store.meta,
@@ -313,7 +316,7 @@ def train_epoch(job: Job, fit: Fit, state: TrainState, save: Callable[[], None])
     if state.order is None:
         state.order, state.sums, state.next_step = torch.from_numpy(fit.generator.permutation(job.train_rows)), {}, 0
     order = state.order.numpy()
-    # this process's caption rows of each remaining step; the loader's processes read their batches ahead
+    # this process's caption rows of each remaining step; the loader's threads read their batches ahead
     keys = [distributed.shard(order[i * batch : (i + 1) * batch], job.rank, job.processes) for i in range(state.next_step, steps)]
     batches = prefetched(store.pairs, keys, cfg.loader_workers, job.device)
     bar = Progress(steps, f"train {job.name} epoch {state.epoch}", "step", initial=state.next_step)
@@ -411,7 +414,7 @@ def run(
     variant = params.variant(variant_name)
     store = FeatureStore.open(features_dir)
     train_rows = check_inputs(params, features_dir, store, variant_name, variant)
-    rank, processes = distributed.init_from_env()
+    rank, processes = distributed.init_from_env(cuda=select_device(params.train.device).type == "cuda")
     if processes != params.train.processes:
         raise ConfigError(
             f"train runs in {processes} process(es) but `train.processes` is {params.train.processes}: set that key and run "

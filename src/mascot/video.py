@@ -161,6 +161,7 @@ class StreamIndex:
     pts: list[int]  # presentation timestamps of the frames, sorted
     keyframes: list[int]  # positions in `pts` of the keyframes, sorted
     fps: float
+    codec: str = ""
 
 
 def stream_index(path: Path) -> StreamIndex:
@@ -173,12 +174,13 @@ def stream_index(path: Path) -> StreamIndex:
         packets = {p.pts: p.is_keyframe for p in container.demux(stream) if p.pts is not None and p.size}
         rate = stream.average_rate
         time_base = float(stream.time_base)
+        codec = stream.codec_context.name
     if not packets:
         raise VideoReadError("no video packets")
     pts = sorted(packets)
     seconds = (pts[-1] - pts[0]) * time_base
     fps = float(rate) if rate else (len(pts) - 1) / seconds if seconds > 0 else 1.0
-    return StreamIndex(pts, [i for i, p in enumerate(pts) if packets[p]], fps)
+    return StreamIndex(pts, [i for i, p in enumerate(pts) if packets[p]], fps, codec)
 
 
 def frames_decoded_seeking(indices: list[int], keyframes: list[int]) -> int:
@@ -194,16 +196,18 @@ def frames_decoded_seeking(indices: list[int], keyframes: list[int]) -> int:
     return decoded
 
 
-#: Seeking must save at least this fraction of the in-order pass's frames to pay: the in-order pass
-#: skips the non-reference frames, which made it 1.2-1.4x faster than decord where both decode about
-#: as many frames (docs/benchmarks.md, "Frame extraction").
+#: For codecs whose non-reference frames the in-order pass skips (SKIPPABLE_CODECS), seeking must
+#: save at least this fraction of the in-order pass's frames to pay: skipping made that pass
+#: 1.2-1.4x faster than decord where both decode about as many frames (docs/benchmarks.md, "Frame
+#: extraction"). A rule of thumb from those measurements, not a model of each stream's frame types.
 SEEKING_MUST_SAVE = 0.2
 
 
 def seeking_pays(index: StreamIndex, indices: list[int]) -> bool:
     """Whether seeking (decord) decodes clearly fewer frames than one in-order pass up to the last
-    sampled frame (PyAV, which in addition skips the non-reference frames)."""
-    return frames_decoded_seeking(indices, index.keyframes) <= (1 - SEEKING_MUST_SAVE) * (max(indices) + 1)
+    sampled frame (PyAV, which for H.264/HEVC in addition skips the non-reference frames)."""
+    margin = SEEKING_MUST_SAVE if index.codec in SKIPPABLE_CODECS else 0.0
+    return frames_decoded_seeking(indices, index.keyframes) < (1 - margin) * (max(indices) + 1)
 
 
 def _read_sequential(
