@@ -97,3 +97,16 @@ def test_streaming_metrics_need_a_caption_per_video():
 
     with pytest.raises(ValueError, match="at least one caption"):
         embedding_metrics(np.eye(2), np.eye(3)[:, :2], np.array([0, 1]))
+
+
+def test_ceiling_known_answers():
+    from mascot.metrics import ceiling_metrics
+
+    # captions fitting 1, 2 and 4 videos: R@1 = (1 + 1/2 + 1/4) / 3; every one within the first 5
+    # a video whose 2 captions are the only 2 that fit it, and one with 2 of 4 fitting captions its own
+    out = ceiling_metrics([1, 2, 4], [(2, 2), (4, 2)])
+    assert out["t2v"]["R1"] == pytest.approx(100 * 1.75 / 3) and out["t2v"]["R5"] == 100.0
+    assert out["v2t"]["R1"] == pytest.approx(100 * (1.0 + 0.5) / 2)  # 1 - C(2,1)/C(4,1) = 1/2
+    assert out["v2t"]["R5"] == 100.0
+    # 10 fitting captions, 1 correct: R@5 = 1 - C(9,5)/C(10,5) = 5/10
+    assert ceiling_metrics([1], [(10, 1)])["v2t"]["R5"] == pytest.approx(50.0)

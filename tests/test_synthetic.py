@@ -72,3 +72,24 @@ def test_the_foreground_shape_is_where_the_generator_drew_it(tmp_path):
         (ux, uy), _ = MOTIONS[attrs["motion"]]
         start, end = (np.argwhere(m).mean(axis=0) for m in (masks[0], masks[-1]))  # (row, column) centroids
         assert np.sign(np.round(end - start)).tolist() == [uy, ux]
+
+
+def test_ceiling_counts_the_videos_a_caption_fits(tmp_path):
+    """Two test videos differ only in size: the two templates that leave size out fit both, so a
+    perfect model ranks the right one first half the time for those captions."""
+    from mascot.datasets.synthetic import TEMPLATES, caption
+
+    red_small = {"colour": "red", "shape": "circle", "size": "small", "motion": "up"}
+    red_large = red_small | {"size": "large"}
+    blue = {"colour": "blue", "shape": "square", "size": "small", "motion": "left"}
+    videos = [
+        {"video_id": f"v{i}", "split": "test", "attributes": a, "captions": [caption(TEMPLATES[0], a), caption(TEMPLATES[1], a)]}
+        for i, a in enumerate((red_small, red_large, blue))
+    ] + [{"video_id": "t", "split": "train", "attributes": red_small, "captions": [caption(TEMPLATES[1], red_small)]}]
+    (tmp_path / "annotations.json").write_text(json.dumps({"videos": videos}))
+    ceiling = get_dataset("synthetic", SyntheticConfig()).ceiling(tmp_path)
+    # t2v: template 0 names the size (fits 1 video), template 1 does not (fits both red circles; blue: 1)
+    assert ceiling["t2v"]["R1"] == pytest.approx(100 * (1 + 0.5 + 1 + 0.5 + 1 + 1) / 6)
+    # v2t: each red circle is fitted by its own 2 captions plus the other's template-1 caption (m = 3, g = 2)
+    assert ceiling["v2t"]["R1"] == pytest.approx(100 * (2 / 3 + 2 / 3 + 1) / 3)
+    assert ceiling["t2v"]["R5"] == ceiling["v2t"]["R5"] == 100.0

@@ -239,3 +239,19 @@ def test_latex_table_is_one_tabular_with_escaped_cells_and_labelled_sections():
     heading = lines.index(rf"\multicolumn{{12}}{{l}}{{\emph{{{tables.POST_HEADING}}}}} \\")
     assert lines[heading - 1] == r"\midrule" and "Published" not in tex  # empty sections leave no heading
     assert lines[-2:] == [r"\end{tabular}", "% [1] Someone et al., a #1 paper"] and tex.endswith("\n")
+
+
+def test_synthetic_tables_show_the_ceiling_and_real_ones_do_not(tmp_path, tiny_params, tiny_raw):
+    metrics = tmp_path / "metrics"
+    for dataset in ("synthetic", "msrvtt"):
+        _write(metrics, "meanP", 0, 30.0, dataset=dataset)
+    params = _params(tiny_params, seeds=[0], datasets=["synthetic", "msrvtt"])
+    tables.run(params, "synthetic", [metrics / "synthetic"], tmp_path / "syn", raw_dir=tiny_raw)
+    tables.run(params, "synthetic", [metrics / "synthetic"], tmp_path / "abl", ablation=True, raw_dir=tiny_raw)
+    for md in [tmp_path / "syn" / "main.md", *(tmp_path / "abl").glob("*.md")]:
+        text = md.read_text()
+        assert tables.CEILING_HEADING in text and tables.CEILING_LABEL in text, md
+    ceiling = pd.read_csv(tmp_path / "syn" / "main.csv").set_index("status").loc["ceiling"]
+    assert 0 < ceiling["t2v_R1"] <= 100 and ceiling["t2v_R10"] >= ceiling["t2v_R1"] and pd.isna(ceiling["t2v_MdR"])
+    tables.run(params, "msrvtt", [metrics / "msrvtt"], tmp_path / "real", raw_dir=tmp_path)  # no attributes: no ceiling
+    assert tables.CEILING_HEADING not in (tmp_path / "real" / "main.md").read_text()

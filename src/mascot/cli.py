@@ -70,10 +70,16 @@ def _evaluate(args, params):
     evaluate.run(params, args.features, args.model, args.out)
 
 
+def _search(args, params):
+    from . import search
+
+    search.run(params, args.model, args.features, args.query, args.k, args.split, args.annotations, args.frames, args.sheet)
+
+
 def _tables(args, params):
     from . import tables
 
-    tables.run(params, args.dataset, args.metrics, args.out, args.published, args.ablation)
+    tables.run(params, args.dataset, args.metrics, args.out, args.published, args.ablation, args.raw)
 
 
 def _preset(args, params):
@@ -151,12 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="checkpoint from the train stage")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
 
+    p = stage("search", _search, "The top-k videos of a split for a free-text query, with a trained checkpoint (not a stage).")
+    p.add_argument(
+        "--model", type=Path, required=True, help="checkpoint from the train stage, e.g. models/synthetic/mascot-seed0.pt"
+    )
+    p.add_argument(
+        "--features", type=Path, required=True, help="the features folder it was trained on, e.g. data/synthetic/features"
+    )
+    p.add_argument("--query", required=True, help="a sentence describing the video")
+    p.add_argument("--k", type=int, default=5, help="videos to list (default 5)")
+    p.add_argument("--split", default="test", help="split searched (default test)")
+    p.add_argument("--annotations", type=Path, default=None, help="annotations.parquet, to name each video's file")
+    p.add_argument("--frames", type=Path, default=None, help="the frames folder, to draw --sheet")
+    p.add_argument("--sheet", type=Path, default=None, help="PNG contact sheet to write: a row of frames per video")
+
     p = stage("tables", _tables, "Markdown, CSV and LaTeX tables of one dataset from its metrics files.")
     p.add_argument("--dataset", required=True)
     p.add_argument("--metrics", type=Path, nargs="+", required=True, help="folders of the dataset's metrics JSON files")
     p.add_argument("--ablation", action="store_true", help="write `ablation.tables` over `variants` + `ablation.variants`")
     p.add_argument("--out", type=Path, required=True, help="the dataset's tables folder to create")
     p.add_argument("--published", type=Path, default=None, help="reference file of published results (references/published.yaml)")
+    p.add_argument("--raw", type=Path, default=None, help="the dataset's raw folder: adds the test split's ceiling where known")
 
     p = stage(
         "preset",

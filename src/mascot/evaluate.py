@@ -23,6 +23,22 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
+def embed_videos(
+    model: RetrievalModel, store: FeatureStore, positions: np.ndarray, cfg: EvaluateConfig, what: str
+) -> torch.Tensor:
+    """Video embeddings (on the CPU) of the videos at `positions` of the store, computed on the
+    model's device in `evaluate.batch_size` batches read ahead by `evaluate.loader_workers` threads."""
+    device = next(model.parameters()).device
+    chunks = [positions[i : i + cfg.batch_size] for i in range(0, len(positions), cfg.batch_size)]
+    out = []
+    with autocast(device, cfg.precision), Progress(len(positions), f"embedding {what}", "video") as bar:
+        for chunk, batch in zip(chunks, prefetched(store.video_batch, chunks, cfg.loader_workers, device), strict=True):
+            out.append(model.encode_video(*(on_device(t, device) for t in batch)).cpu())
+            bar.update(len(chunk))
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def embed_split(
     model: RetrievalModel, store: FeatureStore, split: str, cfg: EvaluateConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,13 +51,7 @@ def embed_split(
     if len(videos) == 0 or len(captions) == 0:
         raise MascotError(f"{store.root}: the `{split}` split has no videos or no captions to evaluate.")
     batch_size = cfg.batch_size
-    chunks = [videos[i : i + batch_size] for i in range(0, len(videos), batch_size)]
-    video_emb = []
-    with autocast(device, cfg.precision), Progress(len(videos), f"embedding the {split} videos", "video") as bar:
-        for chunk, batch in zip(chunks, prefetched(store.video_batch, chunks, cfg.loader_workers, device), strict=True):
-            video_emb.append(model.encode_video(*(on_device(t, device) for t in batch)).cpu())
-            bar.update(len(chunk))
-    video_emb = torch.cat(video_emb)
+    video_emb = embed_videos(model, store, videos, cfg, f"the {split} videos")
     with autocast(device, cfg.precision):
         text_emb = torch.cat(
             [

@@ -11,6 +11,7 @@ Scores are processed in row chunks, so memory stays at O(chunk × candidates).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -152,3 +153,17 @@ def embedding_metrics(
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
     m = x.max(axis=axis, keepdims=True)
     return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def ceiling_metrics(caption_fits: Sequence[int], video_fits: Sequence[tuple[int, int]], ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Expected R@k (in %) of a perfect model that cannot tell apart the candidates a query fits
+    and ranks those first, in random order. `caption_fits`: per text query, how many videos its
+    caption fits (its own included); `video_fits`: per video query, (captions that fit it, its own
+    captions among them). With n fitting videos, R@k = min(1, k / n); with m fitting captions of which
+    g are correct, R@k = 1 - C(m - g, k) / C(m, k) (some correct caption in the first k)."""
+    t2v = np.asarray(caption_fits, dtype=float)
+    out = {"t2v": {f"R{k}": float(np.mean(np.minimum(1.0, k / t2v)) * 100) for k in ks}, "v2t": {}}
+    for k in ks:
+        hits = [1.0 - (math.comb(m - g, k) / math.comb(m, k) if k < m else 0.0) for m, g in video_fits]
+        out["v2t"][f"R{k}"] = float(np.mean(hits) * 100)
+    return out

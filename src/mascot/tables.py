@@ -6,9 +6,10 @@ with ± the sample standard deviation when there are several. A variant of a tab
 is a "not run" row, never left out. Every table states the settings of its measured rows (backbone,
 weights, epochs, K, test size, seeds): a line in Markdown, a comment in LaTeX, columns in CSV.
 Measured numbers are read from the evaluate stage's metrics files; DSL post-processed rows follow
-under their own separator (never mixed with plain ones); the main table of a real dataset also
-shows published rows from the reference file (references/published.yaml), below another separator
-and with their sources.
+under their own separator (never mixed with plain ones); where the dataset knows which captions fit
+which videos (the synthetic generator), every table shows the test split's ceiling below another
+(DatasetSource.ceiling); the main table of a real dataset also shows published rows from the
+reference file (references/published.yaml), below another separator and with their sources.
 
 Layout: results/tables/<dataset>/<table>.{md,csv,tex}, one folder per dataset and stage, so that a
 run over some datasets leaves the tables of the others alone.
@@ -24,6 +25,7 @@ import pandas as pd
 
 from .atomic import atomic_dir
 from .config import Params
+from .datasets import get_dataset
 from .errors import MascotError
 from .metrics import METRICS
 from .published import PublishedRow, load_published
@@ -37,6 +39,8 @@ NOT_TRANSCRIBED = "not yet transcribed"
 NOT_RUN = "not run"
 POST_HEADING = "Post-processed: DSL (dual softmax over all test queries), not comparable to the rows above"
 PUBLISHED_HEADING = "Published (not measured here)"
+CEILING_HEADING = "Ceiling of this test split: a perfect model that cannot tell apart the videos a caption fits (not a run)"
+CEILING_LABEL = "Oracle (generator attributes; expected R@k)"
 
 
 def collect(*metrics_dirs: Path) -> pd.DataFrame:
@@ -162,6 +166,12 @@ def published_rows(rows: list[PublishedRow]) -> tuple[list[list[str]], list[str]
     return out, [f"[{i}] {s}" for i, s in enumerate(sources, 1)]
 
 
+def ceiling_row(ceiling: dict) -> list[str]:
+    """The ceiling's R@k cells; ranks are left out (–)."""
+    cells = [f"{ceiling[d][m]:.1f}" if m in ceiling[d] else "–" for d in DIRECTIONS for m in METRICS]
+    return [CEILING_LABEL, "–"] + cells
+
+
 def to_markdown(title: str, sections: dict[str, list[list[str]]], notes: list[str], setting: str) -> str:
     """A GitHub table with one header row (Markdown has no column groups); post-processed and
     published rows follow, each under its own separator row."""
@@ -229,11 +239,22 @@ def to_latex(sections: dict[str, list[list[str]]], notes: list[str], setting: st
     return "\n".join(lines + comments) + "\n"
 
 
+def _ceiling_columns(ceiling: dict) -> dict[str, float]:
+    return {f"{d}_{m}": value for d in DIRECTIONS for m, value in ceiling[d].items()}
+
+
 def run(
-    params: Params, dataset: str, metrics_dirs: list[Path], out: Path, published_path: Path | None = None, ablation: bool = False
+    params: Params,
+    dataset: str,
+    metrics_dirs: list[Path],
+    out: Path,
+    published_path: Path | None = None,
+    ablation: bool = False,
+    raw_dir: Path | None = None,
 ) -> None:
     """Write the tables of `dataset` (from the metrics files under `metrics_dirs`) into the folder `out`:
-    `tables:` over `variants`, or with `ablation` the `ablation.tables` over `variants` + `ablation.variants`."""
+    `tables:` over `variants`, or with `ablation` the `ablation.tables` over `variants` + `ablation.variants`.
+    With `raw_dir`, every table also shows the test split's ceiling where the dataset knows it."""
     variants = params.variants + params.ablation.variants if ablation else params.variants
     table_defs = params.ablation.tables if ablation else params.tables
     runs = current_runs(collect(*metrics_dirs), params, variants)
@@ -242,6 +263,7 @@ def run(
         where = ", ".join(map(str, metrics_dirs))
         raise MascotError(f"{where}: no metrics files of the configured runs of {dataset} found; run the evaluate stage first.")
     published = load_published(published_path) if published_path else {}
+    ceiling = get_dataset(dataset, params.dataset(dataset)).ceiling(raw_dir) if raw_dir is not None else None
     labels = {name: v.label or name for name, v in params.variant_defs.items()}
     with atomic_dir(out) as tmp:
         for name, variants in table_defs.items():
@@ -252,7 +274,12 @@ def run(
             rows = iter(plain)
             plain = [next(rows) if v in ran else not_run_row(labels.get(v, v)) for v in variants]
             extra, notes = published_rows(published.get(dataset, [])) if name == MAIN_TABLE else ([], [])
-            sections = {"": plain, POST_HEADING: post, PUBLISHED_HEADING: extra}
+            sections = {
+                "": plain,
+                POST_HEADING: post,
+                CEILING_HEADING: [ceiling_row(ceiling)] if ceiling else [],
+                PUBLISHED_HEADING: extra,
+            }
             setting = settings(params, measured) if not measured.empty else None
             (tmp / f"{name}.md").write_text(to_markdown(f"{dataset}: {name}", sections, notes, settings_line(setting)))
             (tmp / f"{name}.tex").write_text(to_latex(sections, notes, settings_line(setting)))
@@ -260,5 +287,12 @@ def run(
                 {"post": "none", "variant": [v for v in variants if v not in ran], "seeds": 0, "status": NOT_RUN}
             )
             measured_csv = part.drop(columns="dataset", errors="ignore").assign(status="measured", **(setting or {}))
-            pd.concat([measured_csv, missing], ignore_index=True).to_csv(tmp / f"{name}.csv", index=False, float_format="%.4f")
+            bound = pd.DataFrame(
+                [{"post": "none", "variant": "oracle_ceiling", "status": "ceiling"} | _ceiling_columns(ceiling)]
+                if ceiling
+                else []
+            )
+            pd.concat([measured_csv, missing, bound], ignore_index=True).to_csv(
+                tmp / f"{name}.csv", index=False, float_format="%.4f"
+            )
     log.info("tables: %s for %s → %s", _count(str(len(table_defs)), "table"), dataset, out)

@@ -50,6 +50,11 @@ class DatasetSource(ABC):
     def video_root(self, raw_dir: Path) -> Path:
         return Path(raw_dir) / self.VIDEO_DIR
 
+    def ceiling(self, raw_dir: Path, split: str = "test") -> dict | None:
+        """R@k both ways of a perfect model on `split` (metrics.ceiling_metrics), where the source
+        knows which captions fit which videos: the synthetic generator does, real datasets do not."""
+        return None
+
 
 def register(cls: type[DatasetSource]) -> type[DatasetSource]:
     _REGISTRY[cls.name] = cls

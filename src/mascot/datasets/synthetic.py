@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from ..annotations import SPLITS, normalize
+from ..metrics import ceiling_metrics
 from . import DatasetConfig, DatasetSource, register
 
 PALETTE = {
@@ -207,6 +208,19 @@ class SyntheticDataset(DatasetSource):
             )
         meta = {"fps": cfg.fps, "width": cfg.width, "height": cfg.height, "videos": entries}
         (Path(raw_dir) / self.ANNOTATION_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+    def ceiling(self, raw_dir: Path, split: str = "test") -> dict:
+        """A caption fits a video when the generator could have written it for that video (some
+        template filled with the video's attributes): several test videos can share what a caption
+        says (e.g. its size, which two templates leave out), so no model can tell them apart."""
+        videos = [v for v in json.loads((Path(raw_dir) / self.ANNOTATION_FILE).read_text())["videos"] if v["split"] == split]
+        writable = [{caption(t, v["attributes"]) for t in TEMPLATES} for v in videos]
+        caption_fits = [sum(text in w for w in writable) for v in videos for text in v["captions"]]
+        all_captions = [text for v in videos for text in v["captions"]]
+        video_fits = [
+            (sum(text in w for text in all_captions), len(v["captions"])) for v, w in zip(videos, writable, strict=True)
+        ]
+        return ceiling_metrics(caption_fits, video_fits)
 
     def read_annotations(self, raw_dir: Path) -> pd.DataFrame:
         path = Path(raw_dir) / self.ANNOTATION_FILE
