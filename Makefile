@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The default DAG (the `tables` stages and everything upstream); the ablation stages are left out.
+# The default DAG (the `tables` and `figures` stages and everything upstream); the ablation stages are left out.
 repro: $(STAMP)
-	$(BIN)/dvc repro tables
+	$(BIN)/dvc repro tables figures
 
 # The ablation rows (params.yaml `ablation:`) and their tables, on top of the default runs.
 ablation: $(STAMP)

@@ -239,6 +239,7 @@ def test_masked_ablation_variants_count_for_the_features_cache():
 
     raw = tiny_params_dict()
     raw["variants"], raw["ablation"]["variants"], raw["train"]["trainable_blocks"] = ["meanP"], ["isc_both"], 2
+    raw["figures"]["masked"] = "meanP"  # no masked variant among `variants`
     params = parse_params(raw)
     assert params.masked_variants() == {"ablation.variants": ["isc_both"]}
     with pytest.raises(ConfigError) as error:

@@ -19,7 +19,9 @@ def repo(dvc_pipeline) -> Path:
 
 def test_full_dag_then_nothing_to_do(repo, dvc_pipeline):
     stages = dvc_ran(dvc_pipeline[1])
-    assert {"download@synthetic", "frames@synthetic", "features@synthetic", "tables@synthetic"} <= stages
+    assert {"download@synthetic", "frames@synthetic", "features@synthetic", "tables@synthetic", "figures@synthetic"} <= stages
+    figures = repo / "results" / "figures" / "synthetic"
+    assert sorted(p.name for p in figures.iterdir()) == ["masks.png", "retrieval.png"]
     assert {"train@synthetic-meanP-0", "train@synthetic-mascot-0", "evaluate@synthetic-mascot-0"} <= stages
 
     tables = repo / "results" / "tables" / "synthetic"
@@ -52,9 +54,10 @@ ABLATION = {"train_ablation@synthetic-random_masks-0", "evaluate_ablation@synthe
 
 def test_lr_edit_reruns_train_evaluate_tables_only(repo):
     set_param(repo, "train.lr", 0.0002)
-    # `make repro` (dvc repro tables): the default runs only; the ablation stays stale until `make ablation`
-    stages = dvc_ran(sh(["dvc", "repro", "tables"], repo))
-    expected = {f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")} | {"tables@synthetic"}
+    # `make repro` (dvc repro tables figures): the default runs only; the ablation stays stale until `make ablation`
+    stages = dvc_ran(sh(["dvc", "repro", "tables", "figures"], repo))
+    expected = {f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")}
+    expected |= {"tables@synthetic", "figures@synthetic"}
     assert stages == expected
     assert "train_ablation@synthetic-random_masks-0" in sh(["dvc", "status"], repo)
     assert dvc_ran(sh(["dvc", "repro", "tables_ablation"], repo)) == ABLATION
@@ -63,14 +66,20 @@ def test_lr_edit_reruns_train_evaluate_tables_only(repo):
 def test_a_mascot_setting_reruns_only_mascot(repo):
     set_param(repo, "variant_defs.mascot.mask", {"ratio": 0.25})
     stages = dvc_ran(sh(["dvc", "repro"], repo))
-    assert stages == {"train@synthetic-mascot-0", "evaluate@synthetic-mascot-0", "tables@synthetic", "tables_ablation@synthetic"}
+    assert stages == {
+        "train@synthetic-mascot-0",
+        "evaluate@synthetic-mascot-0",
+        "tables@synthetic",
+        "tables_ablation@synthetic",
+        "figures@synthetic",
+    }
 
 
 def test_num_frames_edit_reruns_frames_onwards(repo):
     set_param(repo, "frames.num_frames", 3)
     stages = dvc_ran(sh(["dvc", "repro"], repo))
     expected = (
-        {"frames@synthetic", "features@synthetic", "tables@synthetic"}
+        {"frames@synthetic", "features@synthetic", "tables@synthetic", "figures@synthetic"}
         | ABLATION
         | {f"{s}@synthetic-{v}-0" for s in ("train", "evaluate") for v in ("meanP", "mascot")}
     )

@@ -70,6 +70,12 @@ def _evaluate(args, params):
     evaluate.run(params, args.features, args.model, args.out)
 
 
+def _figures(args, params):
+    from . import figures
+
+    figures.run(params, args.dataset, args.features, args.frames, args.models, args.out)
+
+
 def _search(args, params):
     from . import search
 
@@ -156,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=Path, required=True)
     p.add_argument("--model", type=Path, required=True, help="checkpoint from the train stage")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+
+    p = stage("figures", _figures, "Pictures of one dataset's runs: masks on validation videos, retrievals of test queries.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--frames", type=Path, required=True)
+    p.add_argument("--models", type=Path, required=True, help="the dataset's checkpoint folder (models/<dataset>)")
+    p.add_argument("--out", type=Path, required=True, help="figures folder to create")
 
     p = stage("search", _search, "The top-k videos of a split for a free-text query, with a trained checkpoint (not a stage).")
     p.add_argument(

@@ -265,6 +265,19 @@ class AblationConfig(Section):
     tables: dict[str, list[str]] = Field(description="table name → rows, over `variants` + `ablation.variants`")
 
 
+class FiguresConfig(Section):
+    """What the figures stage draws (src/mascot/figures.py)."""
+
+    baseline: str = Field("meanP", description="variant whose retrievals are shown beside the masked one's (in `variants`)")
+    masked: str = Field(
+        "mascot", description="masked variant whose masks and retrievals are shown (in `variants`; a base one: no masks)"
+    )
+    seed: int = Field(0, description="the runs' seed (in `seeds`)")
+    videos: int = Field(4, ge=1, description="validation videos in the mask grid (the first of the split)")
+    queries: int = Field(4, ge=1, description="test captions whose retrievals are shown (the first test videos' first captions)")
+    top_k: int = Field(5, ge=1, description="retrieved videos shown per query")
+
+
 class Params(Section):
     datasets: list[str] = Field(min_length=1, description="datasets the pipeline runs over")
     variants: list[str] = Field(min_length=1, description="names from variant_defs that are trained")
@@ -281,6 +294,7 @@ class Params(Section):
     )
     evaluate: EvaluateConfig
     ablation: AblationConfig
+    figures: FiguresConfig
 
     @field_validator("datasets", "variants", "seeds")
     @classmethod
@@ -315,6 +329,15 @@ class Params(Section):
                 unknown = [v for v in rows if v not in self.variant_defs]
                 if unknown:
                     raise ValueError(f"{prefix}.{table} lists {unknown}, which are not defined under `variant_defs:`")
+        fig = self.figures
+        for key in ("baseline", "masked"):
+            if getattr(fig, key) not in self.variants:
+                raise ValueError(
+                    f"figures.{key} `{getattr(fig, key)}` is not in `variants` {self.variants}: the figures show trained runs "
+                    "(without a masked variant, name a base one: its mask figure then says there are no masks)"
+                )
+        if fig.seed not in self.seeds:
+            raise ValueError(f"figures.seed {fig.seed} is not in `seeds` {self.seeds}")
         return self
 
     def dataset(self, name: str):

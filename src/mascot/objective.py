@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip_model import TowerOutput, masking_needs_whole_tower
-from .config import VariantConfig
+from .config import MaskConfig, VariantConfig
 from .devices import on_device
 from .distributed import gather, world
 from .errors import ConfigError
@@ -70,6 +70,13 @@ class Encoded:
     frames: int
     views: dict[str, TowerOutput]
     masks: InformedMasks | None
+
+
+def view_masks(model: RetrievalModel, cfg: MaskConfig, full: TowerOutput, text_per_frame: torch.Tensor) -> InformedMasks:
+    """The high- and low-informed masks of each frame from its unmasked pass (`full`, run with
+    attention when the score is cls_attn) and its caption's embedding (for text_sim)."""
+    patch_features = model.vision.project(full.patches) if cfg.score == "text_sim" else full.patches
+    return informed_masks(patch_scores(cfg, full.cls_attention, patch_features, text_per_frame), cfg.ratio)
 
 
 def _rng_state(device: torch.device) -> tuple:
@@ -124,8 +131,7 @@ class Objective(nn.Module):
             return Encoded(text, videos, None, len(valid), views, None)
 
         frame_video = frame_mask.nonzero()[:, 0]  # the batch row (video, caption) of each valid frame
-        patch_features = model.vision.project(full.patches) if cfg.mask.score == "text_sim" else full.patches
-        masks = informed_masks(patch_scores(cfg.mask, full.cls_attention, patch_features, text[frame_video]), cfg.mask.ratio)
+        masks = view_masks(model, cfg.mask, full, text[frame_video])
         # Both masked views keep the same number of tokens: one batched pass encodes them.
         both = model.vision.run(valid.repeat(2, 1, 1), keep=torch.cat([masks.high.visible, masks.low.visible]))
         for i, name in enumerate(VIEWS):

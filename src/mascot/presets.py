@@ -159,6 +159,6 @@ def next_steps(name: str, params_file: Path) -> str:
     )
     return (
         f"preset {name} applied to {params_file} (changed keys are marked `# preset {name}`). Next: 1. {place}; "
-        f"2. {fetch}; 3. run `dvc repro tables` (the variants of `variants`; `dvc repro tables_ablation` adds the "
+        f"2. {fetch}; 3. run `dvc repro tables figures` (the variants of `variants`, their tables and figures; `dvc repro tables_ablation` adds the "
         "ablation rows: one more training per ablation variant and seed; a bare `dvc repro` runs both), or Snakemake."
     )
