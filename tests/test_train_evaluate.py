@@ -236,6 +236,7 @@ def test_a_masked_variant_at_k_below_l_names_the_key_that_lists_it(variants, abl
 
     raw = tiny_params_dict()
     raw["variants"], raw["ablation"]["variants"], raw["train"]["trainable_blocks"] = variants, ablation, 2
+    raw["figures"].update(baseline=variants[0], masked=variants[0])  # the figures show runs of `variants`
     params = parse_params(raw)
     store = SimpleNamespace(meta={"trainable_blocks": 2, "model": params.clip.model})
     with pytest.raises(

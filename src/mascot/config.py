@@ -333,8 +333,9 @@ class Params(Section):
         for key in ("baseline", "masked"):
             if getattr(fig, key) not in self.variants:
                 raise ValueError(
-                    f"figures.{key} `{getattr(fig, key)}` is not in `variants` {self.variants}: the figures show trained runs "
-                    "(without a masked variant, name a base one: its mask figure then says there are no masks)"
+                    f"figures.{key} `{getattr(fig, key)}` is not in `variants` {self.variants}, whose runs the figures stage "
+                    f"draws: set figures.{key} to one of them (figures.masked: a masked one to see its masks; a base one "
+                    "draws none)"
                 )
         if fig.seed not in self.seeds:
             raise ValueError(f"figures.seed {fig.seed} is not in `seeds` {self.seeds}")
