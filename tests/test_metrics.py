@@ -103,10 +103,14 @@ def test_ceiling_known_answers():
     from mascot.metrics import ceiling_metrics
 
     # captions fitting 1, 2 and 4 videos: R@1 = (1 + 1/2 + 1/4) / 3; every one within the first 5
-    # a video whose 2 captions are the only 2 that fit it, and one with 2 of 4 fitting captions its own
-    out = ceiling_metrics([1, 2, 4], [(2, 2), (4, 2)])
+    # videos: one that no wrong text fits; one with two wrong texts (one copy each) and two own texts
+    out = ceiling_metrics([1, 2, 4], [([], 2), ([1, 1], 2)])
     assert out["t2v"]["R1"] == pytest.approx(100 * 1.75 / 3) and out["t2v"]["R5"] == 100.0
-    assert out["v2t"]["R1"] == pytest.approx(100 * (1.0 + 0.5) / 2)  # 1 - C(2,1)/C(4,1) = 1/2
+    assert out["v2t"]["R1"] == pytest.approx(100 * (1.0 + 0.5) / 2)  # an own text first among 4: 1/2
     assert out["v2t"]["R5"] == 100.0
-    # 10 fitting captions, 1 correct: R@5 = 1 - C(9,5)/C(10,5) = 5/10
-    assert ceiling_metrics([1], [(10, 1)])["v2t"]["R5"] == pytest.approx(50.0)
+    # one own text, wrong texts with 2 and 1 copies (copies tie, in the query's favour): the own text is
+    # first (1/3), after the 1-copy text (1/6, rank 2), after the 2-copy one (1/6, rank 3), last (1/3, rank 4)
+    out = ceiling_metrics([1], [([2, 1], 1)], ks=(1, 2, 3, 4))
+    assert [out["v2t"][f"R{k}"] for k in (1, 2, 3, 4)] == pytest.approx([100 / 3, 50.0, 100 * 2 / 3, 100.0])
+    with pytest.raises(ValueError, match="at least its own"):
+        ceiling_metrics([0], [])

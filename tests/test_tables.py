@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from mascot import tables
+from mascot.cli import main
 from mascot.errors import MascotError
 from mascot.published import load_published
 
@@ -246,12 +247,16 @@ def test_synthetic_tables_show_the_ceiling_and_real_ones_do_not(tmp_path, tiny_p
     for dataset in ("synthetic", "msrvtt"):
         _write(metrics, "meanP", 0, 30.0, dataset=dataset)
     params = _params(tiny_params, seeds=[0], datasets=["synthetic", "msrvtt"])
-    tables.run(params, "synthetic", [metrics / "synthetic"], tmp_path / "syn", raw_dir=tiny_raw)
-    tables.run(params, "synthetic", [metrics / "synthetic"], tmp_path / "abl", ablation=True, raw_dir=tiny_raw)
+    ceiling = tmp_path / "ceiling.json"  # as the annotations stage writes it
+    args = ["annotations", "--dataset", "synthetic", "--raw", str(tiny_raw), "--out", str(tmp_path / "a.parquet")]
+    assert main(["--params", str(REPO / "params.yaml"), *args, "--ceiling", str(ceiling)]) == 0
+    tables.run(params, "synthetic", [metrics / "synthetic"], tmp_path / "syn", ceiling_path=ceiling)
+    tables.run(params, "synthetic", [metrics / "synthetic"], tmp_path / "abl", ablation=True, ceiling_path=ceiling)
     for md in [tmp_path / "syn" / "main.md", *(tmp_path / "abl").glob("*.md")]:
         text = md.read_text()
         assert tables.CEILING_HEADING in text and tables.CEILING_LABEL in text, md
     ceiling = pd.read_csv(tmp_path / "syn" / "main.csv").set_index("status").loc["ceiling"]
     assert 0 < ceiling["t2v_R1"] <= 100 and ceiling["t2v_R10"] >= ceiling["t2v_R1"] and pd.isna(ceiling["t2v_MdR"])
-    tables.run(params, "msrvtt", [metrics / "msrvtt"], tmp_path / "real", raw_dir=tmp_path)  # no attributes: no ceiling
+    (tmp_path / "none.json").write_text(json.dumps({"dataset": "msrvtt", "split": "test", "ceiling": None}))
+    tables.run(params, "msrvtt", [metrics / "msrvtt"], tmp_path / "real", ceiling_path=tmp_path / "none.json")  # no row
     assert tables.CEILING_HEADING not in (tmp_path / "real" / "main.md").read_text()

@@ -31,11 +31,15 @@ def _download(args, params):
 
 def _annotations(args, params):
     from .annotations import summary, write_table
+    from .atomic import write_json
     from .datasets import get_dataset
 
-    table = get_dataset(args.dataset, params.dataset(args.dataset)).read_annotations(args.raw)
+    source = get_dataset(args.dataset, params.dataset(args.dataset))
+    table = source.read_annotations(args.raw)
     write_table(table, args.out)
     logging.getLogger("mascot").info("annotations %s: %s", args.dataset, summary(table))
+    if args.ceiling is not None:
+        write_json(args.ceiling, {"dataset": args.dataset, "split": "test", "ceiling": source.ceiling(args.raw, "test")})
 
 
 def _frames(args, params):
@@ -85,7 +89,7 @@ def _search(args, params):
 def _tables(args, params):
     from . import tables
 
-    tables.run(params, args.dataset, args.metrics, args.out, args.published, args.ablation, args.raw)
+    tables.run(params, args.dataset, args.metrics, args.out, args.published, args.ablation, args.ceiling)
 
 
 def _preset(args, params):
@@ -135,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--raw", type=Path, required=True, help="raw folder from the download stage")
     p.add_argument("--out", type=Path, required=True, help="annotations.parquet to write")
+    p.add_argument(
+        "--ceiling",
+        type=Path,
+        default=None,
+        help="JSON to write: the test split's ceiling, null where the dataset cannot know it",
+    )
 
     p = stage("frames", _frames, "Decode uniformly sampled frames of every video into uint8 shards.")
     p.add_argument("--dataset", required=True)
@@ -190,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true", help="write `ablation.tables` over `variants` + `ablation.variants`")
     p.add_argument("--out", type=Path, required=True, help="the dataset's tables folder to create")
     p.add_argument("--published", type=Path, default=None, help="reference file of published results (references/published.yaml)")
-    p.add_argument("--raw", type=Path, default=None, help="the dataset's raw folder: adds the test split's ceiling where known")
+    p.add_argument("--ceiling", type=Path, default=None, help="the annotations stage's ceiling.json: a ceiling row where known")
 
     p = stage(
         "preset",

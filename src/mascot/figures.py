@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .atomic import atomic_dir
 from .checkpoint import load_checkpoint
-from .config import Params
-from .devices import on_device, select_device
+from .config import Params, VariantConfig
+from .devices import autocast, on_device, select_device
 from .errors import MascotError
 from .evaluate import embed_videos
 from .features import FeatureStore
@@ -71,7 +71,7 @@ def masks_figure(model: RetrievalModel, variant, store: FeatureStore, index, sha
         valid = on_device(tokens[0][frame_mask[0]], device)
         full = model.vision.run(valid, attention=variant.mask.score == "cls_attn")
         caption_row = np.flatnonzero(store.captions["video_index"].to_numpy() == position)[0]
-        text = model.encode_text(on_device(store.text_batch(np.array([caption_row])), device))
+        text = model.encode_text(on_device(store.text_batch(np.array([caption_row])), device)).float()
         masks = view_masks(model, variant.mask, full, text.expand(len(valid), -1))
         video_id = store.index["video_id"].iloc[position]
         frames = _frames_of(index, shards, video_id)
@@ -101,14 +101,18 @@ def retrieval_figure(models: dict[str, RetrievalModel], store: FeatureStore, ind
     k = min(cfg.top_k, len(videos))
     lines = len(rows) * len(models)
     fig, axes = plt.subplots(lines, k, figsize=(1.6 * k, 1.85 * lines + 0.75), squeeze=False)
+    ranked = {}  # per model: the top k test videos of each query, from one pass over the test split
+    for label, model in models.items():
+        device = next(model.parameters()).device
+        model.eval()
+        video_emb = embed_videos(model, store, videos, params.evaluate, f"the test videos ({label})").float()
+        with autocast(device, params.evaluate.precision):
+            text = model.encode_text(on_device(store.text_batch(np.array(rows)), device)).float().cpu()
+        ranked[label] = torch.argsort(text @ video_emb.t(), dim=1, descending=True, stable=True)[:, :k].numpy()
     line = 0
-    for row in rows:
-        for label, model in models.items():
-            device = next(model.parameters()).device
-            model.eval()
-            video_emb = embed_videos(model, store, videos, params.evaluate, f"the test videos ({label})").float()
-            text = model.encode_text(on_device(store.text_batch(np.array([row])), device)).float().cpu()
-            best = torch.argsort(video_emb @ text[0], descending=True, stable=True)[:k].numpy()
+    for q, row in enumerate(rows):
+        for label in models:
+            best = ranked[label][q]
             for ax, column in zip(axes[line], best, strict=True):
                 video_id = store.index["video_id"].iloc[videos[column]]
                 frames = _frames_of(index, shards, video_id)
@@ -133,20 +137,21 @@ def run(params: Params, dataset: str, features_dir: Path, frames_dir: Path, mode
     store = FeatureStore.open(features_dir)
     index, shards = open_frames(frames_dir)
     index = index.set_index("video_id")
-    loaded = {}
+    loaded, trained_with = {}, {}
     for name in (cfg.baseline, cfg.masked):
         path = Path(models_dir) / f"{name}-seed{cfg.seed}.pt"
         model, meta = load_checkpoint(path)
         if meta["dataset"] != dataset:
             raise MascotError(f"{path} was trained on {meta['dataset']}, not {dataset}; rerun its train stage (dvc repro).")
         loaded[name] = model.to(device)
+        trained_with[name] = VariantConfig.model_validate(meta["variant"])  # the masks it trained with
     labels = {name: params.variant_defs[name].label or name for name in loaded}
     torch.manual_seed(cfg.seed)  # random-score masks (an ablation's) are drawn reproducibly
     with atomic_dir(out) as tmp:
         for file, fig in (
             (
                 "masks.png",
-                masks_figure(loaded[cfg.masked], params.variant(cfg.masked), store, index, shards, cfg.videos, cfg.masked),
+                masks_figure(loaded[cfg.masked], trained_with[cfg.masked], store, index, shards, cfg.videos, cfg.masked),
             ),
             ("retrieval.png", retrieval_figure({labels[n]: m for n, m in loaded.items()}, store, index, shards, params)),
         ):

@@ -155,15 +155,42 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
     return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
-def ceiling_metrics(caption_fits: Sequence[int], video_fits: Sequence[tuple[int, int]], ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """Expected R@k (in %) of a perfect model that cannot tell apart the candidates a query fits
-    and ranks those first, in random order. `caption_fits`: per text query, how many videos its
-    caption fits (its own included); `video_fits`: per video query, (captions that fit it, its own
-    captions among them). With n fitting videos, R@k = min(1, k / n); with m fitting captions of which
-    g are correct, R@k = 1 - C(m - g, k) / C(m, k) (some correct caption in the first k)."""
+def ceiling_metrics(
+    caption_fits: Sequence[int], video_fits: Sequence[tuple[Sequence[int], int]], ks: Sequence[int] = (1, 5, 10)
+) -> dict:
+    """Expected R@k (in %) of a model that scores every candidate a query fits above every other
+    and cannot order the fitting ones: it ranks them at random (with distinct scores, except that
+    copies of one caption text score alike, as their tokens are the same).
+
+    caption_fits: per text query, the number of videos its caption fits (its own included, n >= 1):
+    R@k = min(1, k / n). video_fits: per video query, (the number of copies of each *wrong* caption
+    text that fits it, the number of distinct texts of its own captions). The distinct fitting texts
+    are in random order; copies of a text tie, and ties count in the query's favour (rank = 1 + the
+    captions scoring strictly higher, as `ranks` counts): the rank of the video's first own text is
+    1 + the copies of the wrong texts ordered before it. Exact, by counting subsets."""
     t2v = np.asarray(caption_fits, dtype=float)
+    if (t2v < 1).any():
+        raise ValueError("every caption fits at least its own video")
     out = {"t2v": {f"R{k}": float(np.mean(np.minimum(1.0, k / t2v)) * 100) for k in ks}, "v2t": {}}
     for k in ks:
-        hits = [1.0 - (math.comb(m - g, k) / math.comb(m, k) if k < m else 0.0) for m, g in video_fits]
-        out["v2t"][f"R{k}"] = float(np.mean(hits) * 100)
+        out["v2t"][f"R{k}"] = float(np.mean([_first_correct_within(list(w), g, k) for w, g in video_fits]) * 100)
     return out
+
+
+def _first_correct_within(wrong_copies: list[int], own: int, k: int) -> float:
+    """P(the copies of the wrong texts ordered before the first of `own` correct texts number < k),
+    for a uniformly random order of the len(wrong_copies) + own distinct texts."""
+    m = len(wrong_copies)
+    # subsets[j][s]: how many j-subsets of the wrong texts have s copies in all (s < k suffices)
+    subsets = [[0] * k for _ in range(m + 1)]
+    subsets[0][0] = 1
+    for c in wrong_copies:
+        for j in range(m, 0, -1):
+            for s in range(k - 1, c - 1, -1):
+                subsets[j][s] += subsets[j - 1][s - c]
+    total, before = 0.0, 1.0  # before: P(the first j texts are all wrong)
+    for j in range(m + 1):
+        first_own_next = own / (m + own - j)  # ... and the next one is an own text
+        total += before * first_own_next * sum(subsets[j]) / math.comb(m, j)
+        before *= (m - j) / (m + own - j)
+    return total

@@ -21,7 +21,7 @@ from .atomic import atomic_file
 from .checkpoint import load_checkpoint
 from .clip_model import tokenizer
 from .config import Params
-from .devices import describe, on_device, select_device
+from .devices import autocast, describe, on_device, select_device
 from .errors import MascotError
 from .evaluate import embed_videos
 from .features import FeatureStore
@@ -41,7 +41,8 @@ def top_videos(model: RetrievalModel, store: FeatureStore, query: str, split: st
     model.eval()
     device = next(model.parameters()).device
     text = tokenizer(store.meta["model"], store.meta["max_words"])([query])
-    query_emb = model.encode_text(on_device(text, device)).float().cpu()
+    with autocast(device, params.evaluate.precision):  # as evaluate embeds captions
+        query_emb = model.encode_text(on_device(text, device)).float().cpu()
     videos = embed_videos(model, store, positions, params.evaluate, f"the {split} videos").float()
     scores = (videos @ query_emb[0]).numpy()
     best = np.argsort(-scores, kind="stable")[:k]

@@ -8,7 +8,7 @@ weights, epochs, K, test size, seeds): a line in Markdown, a comment in LaTeX, c
 Measured numbers are read from the evaluate stage's metrics files; DSL post-processed rows follow
 under their own separator (never mixed with plain ones); where the dataset knows which captions fit
 which videos (the synthetic generator), every table shows the test split's ceiling below another
-(DatasetSource.ceiling); the main table of a real dataset also shows published rows from the
+(DatasetSource.ceiling, written by the annotations stage); the main table of a real dataset also shows published rows from the
 reference file (references/published.yaml), below another separator and with their sources.
 
 Layout: results/tables/<dataset>/<table>.{md,csv,tex}, one folder per dataset and stage, so that a
@@ -25,7 +25,6 @@ import pandas as pd
 
 from .atomic import atomic_dir
 from .config import Params
-from .datasets import get_dataset
 from .errors import MascotError
 from .metrics import METRICS
 from .published import PublishedRow, load_published
@@ -250,11 +249,12 @@ def run(
     out: Path,
     published_path: Path | None = None,
     ablation: bool = False,
-    raw_dir: Path | None = None,
+    ceiling_path: Path | None = None,
 ) -> None:
     """Write the tables of `dataset` (from the metrics files under `metrics_dirs`) into the folder `out`:
     `tables:` over `variants`, or with `ablation` the `ablation.tables` over `variants` + `ablation.variants`.
-    With `raw_dir`, every table also shows the test split's ceiling where the dataset knows it."""
+    With `ceiling_path` (the annotations stage's ceiling.json), every table also shows the test
+    split's ceiling where the dataset knows it."""
     variants = params.variants + params.ablation.variants if ablation else params.variants
     table_defs = params.ablation.tables if ablation else params.tables
     runs = current_runs(collect(*metrics_dirs), params, variants)
@@ -263,7 +263,7 @@ def run(
         where = ", ".join(map(str, metrics_dirs))
         raise MascotError(f"{where}: no metrics files of the configured runs of {dataset} found; run the evaluate stage first.")
     published = load_published(published_path) if published_path else {}
-    ceiling = get_dataset(dataset, params.dataset(dataset)).ceiling(raw_dir) if raw_dir is not None else None
+    ceiling = json.loads(Path(ceiling_path).read_text())["ceiling"] if ceiling_path is not None else None
     labels = {name: v.label or name for name, v in params.variant_defs.items()}
     with atomic_dir(out) as tmp:
         for name, variants in table_defs.items():
