@@ -20,7 +20,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # the files that spawn long subprocesses. Tests that decode the real sample videos, read the full
 # real annotation files or render synthetic videos carry `@pytest.mark.heavy` themselves.
 HEAVY_FIXTURES = {"tiny_raw", "tiny_frames", "tiny_features", "serial_frames", "dvc_pipeline", "smk_repo", "vit_b_32_quickgelu"}
-HEAVY_FILES = {"test_distributed.py", "test_benchmarks.py"}
+HEAVY_FILES = {"test_distributed.py", "test_benchmarks.py", "test_plots_page.py"}
 
 
 def pytest_collection_modifyitems(items):

@@ -397,6 +397,7 @@ def test_a_real_dataset_entry_runs_through_every_stage(tmp_path, tiny_raw):
         shutil.copy(src, video)
     raw_params = tiny_params_dict()
     raw_params["datasets"], raw_params["variants"] = ["lsmdc"], ["meanP"]
+    raw_params["figures"]["masked"] = "meanP"  # the figures draw runs of `variants`
     raw_params["data"]["lsmdc"] = {"source_dir": str(source), "files": unchecked_files("lsmdc")}
     raw_params["train"]["batch_size"] = 2
     params = tmp_path / "params.yaml"
@@ -440,6 +441,8 @@ def test_a_real_dataset_entry_runs_through_every_stage(tmp_path, tiny_raw):
         assert main(["--params", str(params), *step]) == 0, step
     assert (d / "raw" / MISSING).read_text() == ""
     frames_index = pd.read_parquet(d / "frames" / "index.parquet")
-    assert len(frames_index) == 6 and set(frames_index["decoder"]) == {"decord"}
+    # the clips (the tiny synthetic set's, one keyframe each): the in-order route, no fallback
+    assert len(frames_index) == 6 and set(frames_index["decoder"]) == {"pyav"}
+    assert not (d / "frames" / "repairs.json").exists() or json.loads((d / "frames" / "repairs.json").read_text()) == []
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["t2v"]["R1"] <= 100
