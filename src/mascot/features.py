@@ -177,7 +177,7 @@ class FeatureStore:
         return np.flatnonzero(self.captions["split"].to_numpy() == split)
 
     def video_batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (B, T, 1 + N, width) in their stored fp16 (loader.on_device makes them float32
+        """Tokens (B, T, 1 + N, width) in their stored fp16 (devices.on_device makes them float32
         where they are computed) and the frame mask (B, T) bool."""
         rows = self.index.iloc[positions]
         tokens = np.stack([self.shards[s][r] for s, r in zip(rows["shard"], rows["row"])])  # noqa: B905 -- two columns of one table
