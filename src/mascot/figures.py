@@ -31,7 +31,7 @@ from .devices import autocast, on_device, select_device
 from .errors import MascotError
 from .evaluate import embed_videos
 from .features import FeatureStore
-from .frames import open_frames
+from .frames import open_frames, video_frames
 from .model import RetrievalModel
 from .objective import view_masks
 
@@ -49,11 +49,6 @@ def shaded(frame: np.ndarray, dropped: np.ndarray, grid: int, colour: tuple[floa
         block = image[r * step : (r + 1) * step, c * step : (c + 1) * step]
         block[:] = 0.4 * block + 0.6 * np.asarray(colour, np.float32)
     return image
-
-
-def _frames_of(index, shards: dict, video_id: str) -> np.ndarray:
-    row = index.loc[video_id]
-    return shards[row["shard"]][row["row"], : row["num_valid"]]
 
 
 @torch.no_grad()
@@ -74,7 +69,7 @@ def masks_figure(model: RetrievalModel, variant, store: FeatureStore, index, sha
         text = model.encode_text(on_device(store.text_batch(np.array([caption_row])), device)).float()
         masks = view_masks(model, variant.mask, full, text.expand(len(valid), -1))
         video_id = store.index["video_id"].iloc[position]
-        frames = _frames_of(index, shards, video_id)
+        frames = video_frames(index, shards, video_id)
         picks = sorted({0, len(valid) // 2, len(valid) - 1})
         picks += [picks[-1]] * (3 - len(picks))
         for j, t in enumerate(picks):
@@ -115,7 +110,7 @@ def retrieval_figure(models: dict[str, RetrievalModel], store: FeatureStore, ind
             best = ranked[label][q]
             for ax, column in zip(axes[line], best, strict=True):
                 video_id = store.index["video_id"].iloc[videos[column]]
-                frames = _frames_of(index, shards, video_id)
+                frames = video_frames(index, shards, video_id)
                 ax.imshow(frames[len(frames) // 2])
                 ax.set_xticks([])
                 ax.set_yticks([])

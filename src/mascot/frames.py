@@ -287,3 +287,10 @@ def open_frames(frames_dir: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
         raise MascotError(f"{frames_dir}: no {INDEX}; run the frames stage first.") from None
     shards = {name: np.load(frames_dir / name, mmap_mode="r") for name in index["shard"].unique()}
     return index, shards
+
+
+def video_frames(index: pd.DataFrame, shards: dict[str, np.ndarray], video_id: str) -> np.ndarray:
+    """The valid frames (num_valid, S, S, 3) of one video, from open_frames' output with the index
+    keyed by video_id."""
+    row = index.loc[video_id]
+    return shards[row["shard"]][row["row"], : row["num_valid"]]

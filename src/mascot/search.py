@@ -63,7 +63,7 @@ def contact_sheet(frames_dir: Path, store: FeatureStore, hits: pd.DataFrame, que
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .frames import open_frames
+    from .frames import open_frames, video_frames
 
     index, shards = open_frames(frames_dir)
     by_id = index.set_index("video_id")
@@ -74,11 +74,11 @@ def contact_sheet(frames_dir: Path, store: FeatureStore, hits: pd.DataFrame, que
             raise MascotError(
                 f"{frames_dir}: video {hit.video_id} is not in this frames folder; give the one the features came from."
             )
-        row = by_id.loc[hit.video_id]
+        frames = video_frames(by_id, shards, hit.video_id)
         for j, ax in enumerate(axes_row):
             ax.axis("off")
-            if j < row["num_valid"]:
-                ax.imshow(shards[row["shard"]][row["row"], j])
+            if j < len(frames):
+                ax.imshow(frames[j])
         axes_row[0].set_title(f"{hit.rank}. {hit.video_id}  {hit.score:.3f}", loc="left", fontsize=8)
     fig.suptitle(f"query: {query}", fontsize=9)
     fig.tight_layout()
