@@ -27,7 +27,7 @@ import statistics
 
 import torch
 
-from mascot.clip_model import VisionPrefix, VisionTop, _Blocks, create_clip, drop_tokens, model_config, vision_layers
+from mascot.clip_model import VisionTop, _Blocks, create_clip, drop_tokens, tokens_per_frame, vision_layers
 from mascot.config import ClipConfig, MaskConfig, TrainConfig, VariantConfig
 from mascot.model import RetrievalModel
 from mascot.objective import Objective
@@ -75,9 +75,7 @@ def measure(
         model.vision.whole_tower = True  # bypass the guard: this row measures the old, leaky design
     objective = Objective(model, variant).train()
     optimizer = optimizer_for(objective, TrainConfig())
-    size = model_config(model_name)["vision_cfg"]["image_size"]
-    with torch.no_grad():
-        per_frame = VisionPrefix(clip.visual, cached_blocks)(torch.zeros(1, 3, size, size)).shape[1:]
+    per_frame = tokens_per_frame(model_name)
     times = time_steps(objective, optimizer, per_frame, batch, frames, words, repeats, warmup)
     queue.put((statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 

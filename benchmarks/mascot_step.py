@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from mascot.clip_model import VisionPrefix, create_clip, model_config, vision_layers
+from mascot.clip_model import create_clip, tokens_per_frame, vision_layers
 from mascot.config import ClipConfig, MaskConfig, TrainConfig, VariantConfig
 from mascot.model import RetrievalModel
 from mascot.objective import Objective
@@ -34,13 +34,11 @@ def step_times(
     variant: VariantConfig, model_name: str, batch: int, frames: int, blocks: int, words: int, repeats: int, warmup: int
 ) -> list[float]:
     clip = create_clip(ClipConfig(model=model_name))
-    size = model_config(model_name)["vision_cfg"]["image_size"]
-    with torch.no_grad():
-        tokens_per_frame = VisionPrefix(clip.visual, blocks)(torch.zeros(1, 3, size, size)).shape[1:]
+    per_frame = tokens_per_frame(model_name)
     torch.manual_seed(0)
     objective = Objective(RetrievalModel(clip, blocks, variant, frames), variant).train()
     optimizer = optimizer_for(objective, TrainConfig())
-    return time_steps(objective, optimizer, tokens_per_frame, batch, frames, words, repeats, warmup)
+    return time_steps(objective, optimizer, per_frame, batch, frames, words, repeats, warmup)
 
 
 def time_steps(

@@ -33,7 +33,7 @@ import open_clip.transformer
 import torch
 
 import mascot.clip_model
-from mascot.clip_model import VisionPrefix, create_clip, model_config, vision_layers
+from mascot.clip_model import create_clip, tokens_per_frame, vision_layers
 from mascot.config import ClipConfig, load_params
 from mascot.model import RetrievalModel
 from mascot.objective import Objective
@@ -101,10 +101,7 @@ def build(model_name: str, variant_name: str, frames: int) -> tuple[Objective, t
     variant = params.variant(variant_name)
     clip = create_clip(ClipConfig(model=model_name))
     blocks = vision_layers(model_name)  # K = L, the paper recipe
-    size = model_config(model_name)["vision_cfg"]["image_size"]
-    with torch.no_grad():
-        tokens_shape = VisionPrefix(clip.visual, blocks)(torch.zeros(1, 3, size, size)).shape[1:]
-    return Objective(RetrievalModel(clip, blocks, variant, frames), variant).train(), tuple(tokens_shape)
+    return Objective(RetrievalModel(clip, blocks, variant, frames), variant).train(), tokens_per_frame(model_name)
 
 
 def measure(model_name: str, variant_name: str, cfg: dict) -> Measurement:

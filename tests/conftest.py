@@ -88,6 +88,51 @@ def tiny_features(tiny_frames, tiny_annotations, tiny_params) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_prefix_params(tiny_params):
+    """The tiny preset at K = 2 < L (a frozen, cached bottom): base variants only, as masking needs K = L."""
+    from mascot.config import parse_params
+
+    raw = tiny_params_dict()
+    raw["train"]["trainable_blocks"] = 2
+    raw["variants"], raw["ablation"]["variants"] = ["meanP"], ["seqTransf"]
+    raw["figures"].update({"baseline": "meanP", "masked": "meanP"})
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_prefix_features(tiny_frames, tiny_annotations, tiny_prefix_params) -> Path:
+    """Features at K = 2: the token cache of the first two (frozen) blocks."""
+    from mascot import features
+
+    out = tiny_frames.parent / "features-k2"
+    features.run(tiny_prefix_params, tiny_annotations, tiny_frames, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_token_features(tiny_features, tiny_frames, tiny_params) -> Path:
+    """The K = L features with a token cache added by the features stage's own code (cache_vision):
+    the patch embedding of every frame, in fp16, as the stage wrote it before K = L trained from the
+    frames. The tests hold the two routes to each other with it."""
+    import json
+    import shutil
+
+    from mascot import features
+    from mascot.clip_model import tokens_per_frame
+    from mascot.frames import open_frames
+
+    out = tiny_frames.parent / "features-tokens"
+    shutil.copytree(tiny_features, out)
+    index, shards = open_frames(tiny_frames)
+    features.cache_vision(tiny_params, index, shards, tokens_per_frame(tiny_params.clip.model), out).to_parquet(
+        out / "index.parquet", index=False
+    )
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "vision": "tokens"}))
+    return out
+
+
+@pytest.fixture(scope="session")
 def dvc_pipeline(tmp_path_factory):
     """A project copy (tiny preset) after a full `dvc repro`: its path, the output, and the metrics
     files as they were right after the run (tests may edit the copy afterwards)."""

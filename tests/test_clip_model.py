@@ -2,7 +2,18 @@ import open_clip
 import pytest
 import torch
 
-from mascot.clip_model import TextEncoder, VisionPrefix, VisionTop, check_split, create_clip, image_size, tokenizer
+from mascot.clip_model import (
+    PatchEmbedding,
+    TextEncoder,
+    VisionPrefix,
+    VisionTop,
+    check_split,
+    create_clip,
+    image_size,
+    normalization,
+    tokenizer,
+    tokens_per_frame,
+)
 from mascot.config import ClipConfig
 from mascot.errors import ConfigError
 
@@ -13,18 +24,42 @@ def clip():
     return create_clip(ClipConfig(model="mascot-tiny"))
 
 
+def uint8_frames(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def preprocessed(clip, frames: torch.Tensor) -> torch.Tensor:
+    """open_clip's input for uint8 frames: (n, 3, S, S) scaled to [0, 1] and normalized."""
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization(clip))
+    return (frames.permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_split_tower_equals_encode_image(clip, k):
-    images = torch.randn(3, 3, 64, 64)
+    frames = uint8_frames(3)
     with torch.no_grad():
-        ours = VisionTop(clip.visual, k)(VisionPrefix(clip.visual, k)(images))
-        ref = clip.encode_image(images)
+        ours = VisionTop(clip.visual, k)(VisionPrefix(clip.visual, k)(frames))
+        ref = clip.encode_image(preprocessed(clip, frames))
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_patch_embedding_is_open_clips_embeds(clip):
+    """PatchEmbedding repeats open_clip's `_embeds` over the same modules: the same tokens, bit for bit."""
+    frames = uint8_frames(2, seed=1)
+    with torch.no_grad():
+        ours = PatchEmbedding(clip.visual, *normalization(clip))(frames)
+        ref = clip.visual._embeds(preprocessed(clip, frames))
+    assert torch.equal(ours, ref)
+
+
 def test_prefix_token_shape(clip):
-    tokens = VisionPrefix(clip.visual, 2)(torch.zeros(2, 3, 64, 64))
-    assert tokens.shape == (2, 1 + (64 // 16) ** 2, 128)
+    tokens = VisionPrefix(clip.visual, 2)(uint8_frames(2))
+    assert tokens.shape == (2, 1 + (64 // 16) ** 2, 128) == (2, *tokens_per_frame("mascot-tiny"))
+
+
+def test_prefix_is_frozen(clip):
+    prefix = VisionPrefix(clip.visual, 2)
+    assert not any(p.requires_grad for p in prefix.parameters())
 
 
 def test_short_context_text_equals_encode_text(clip):

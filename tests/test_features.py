@@ -43,19 +43,19 @@ def _run(params, annotations, frames_dir, out, batch_size: int, device: str = "a
 
 
 def test_batching_across_videos_caches_what_one_video_at_a_time_does(
-    tmp_path, tiny_frames, tiny_annotations, tiny_params, tiny_features, caplog, monkeypatch
+    tmp_path, tiny_frames, tiny_annotations, tiny_prefix_params, tiny_prefix_features, caplog, monkeypatch
 ):
-    """tiny_features encodes several videos per forward pass (batch 64 frames); batch 1 encodes one
+    """K < L: tiny_prefix_features encodes several videos per forward pass (batch 64 frames); batch 1 encodes one
     frame at a time: the cache is the same, byte for byte, and the stage says where it computed."""
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
     with caplog.at_level(logging.INFO, logger="mascot"):
-        names = _run(tiny_params, tiny_annotations, tiny_frames, tmp_path / "features", batch_size=1)
-    assert names == sorted(p.name for p in tiny_features.iterdir())
+        names = _run(tiny_prefix_params, tiny_annotations, tiny_frames, tmp_path / "features", batch_size=1)
+    assert names == sorted(p.name for p in tiny_prefix_features.iterdir())
     for name in names:
-        assert filecmp.cmp(tmp_path / "features" / name, tiny_features / name, shallow=False), name
+        assert filecmp.cmp(tmp_path / "features" / name, tiny_prefix_features / name, shallow=False), name
     messages = [r.getMessage() for r in caplog.records]
     assert any(
-        m.startswith("features: mascot-tiny, weights random (clip.pretrained: null), K = 4, on cpu (") and m.endswith("fp32")
+        m.startswith("features: mascot-tiny, weights random (clip.pretrained: null), K = 2, on cpu (") and m.endswith("fp32")
         for m in messages
     )
     assert any(m.startswith("features: ") and " frame (" in m and "frame/s" in m for m in messages)
@@ -63,9 +63,11 @@ def test_batching_across_videos_caches_what_one_video_at_a_time_does(
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
-def test_features_on_the_gpu_match_the_cpu(tmp_path, tiny_frames, tiny_annotations, tiny_params, tiny_features):
+def test_features_on_the_gpu_match_the_cpu(tmp_path, tiny_frames, tiny_annotations, tiny_prefix_params, tiny_prefix_features):
     """The GPU path is the CPU path on another device: the fp16 cache agrees within bf16 autocast's precision."""
-    _run(tiny_params, tiny_annotations, tiny_frames, tmp_path / "features", batch_size=64, device="cuda")
-    for shard in (tmp_path / "features").glob("vision-*.npy"):
-        gpu, cpu = np.load(shard).astype(np.float32), np.load(tiny_features / shard.name).astype(np.float32)
+    _run(tiny_prefix_params, tiny_annotations, tiny_frames, tmp_path / "features", batch_size=64, device="cuda")
+    shards = list((tmp_path / "features").glob("vision-*.npy"))
+    assert shards
+    for shard in shards:
+        gpu, cpu = np.load(shard).astype(np.float32), np.load(tiny_prefix_features / shard.name).astype(np.float32)
         np.testing.assert_allclose(gpu, cpu, atol=0.05, rtol=0.02)

@@ -239,3 +239,65 @@ def test_real_samples_through_the_stage(tmp_path, tiny_params):
     assert repairs["corrupted.mp4"]["substituted"] == [[30, 29]] and index.loc["no_duration.webm", "decoder"] == "pyav"
     assert index.loc["corrupted.mp4", "num_valid"] == 50 and index.loc["corrupted.mp4", "substituted"] == 1
     assert index.loc["video_90.mov", "num_valid"] == 3
+
+
+# --- compressed frames (frame_store.py) ----------------------------------------------------------
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return 10 * np.log10(255**2 / mse) if mse else float("inf")
+
+
+def test_encoded_shard_reads_like_the_raw_array(tmp_path):
+    from mascot.frame_store import EncodedShard, ShardWriter, offsets_name
+
+    rng = np.random.default_rng(0)
+    base = np.kron(rng.integers(0, 256, (3, 4, 8, 8, 3)), np.ones((1, 1, 4, 4, 1))).astype(np.uint8)  # smooth-ish images
+    writer = ShardWriter(tmp_path / "s.npy", "jpeg", 95, videos=3, num_frames=4, size=32)
+    for row, valid in enumerate([4, 2, 0]):  # a full video, a short one, a failed (empty) row
+        frames_ = base[row].copy()
+        frames_[valid:] = 0
+        writer.write(row, frames_, valid)
+    writer.close(tmp_path / offsets_name("s.npy"))
+    shard = EncodedShard(tmp_path / "s.npy", 32)
+    assert shard.shape == (3, 4, 32, 32, 3)
+    assert shard[1].shape == (4, 32, 32, 3) and not shard[1][2:].any() and not shard[2].any()  # padding reads as zeros
+    assert shard[1, :2].shape == (2, 32, 32, 3) and np.array_equal(shard[1, :2], shard[1][:2])
+    assert shard.offsets[2, 0] == shard.offsets[2, -1] == shard.offsets[1, -1]  # empty rows take no bytes
+    assert _psnr(shard[0], base[0]) > 35
+
+
+@pytest.mark.parametrize(("fmt", "min_psnr", "max_mean_error"), [("jpeg", 38, 2.5), ("webp", 28, 6.5)])
+def test_compressed_frames_decode_close_to_raw(tmp_path, tiny_raw, tiny_annotations, tiny_params, fmt, min_psnr, max_mean_error):
+    """The stated tolerance of a compressed frames folder against the raw one (the same videos, the same
+    index): at quality 95, PSNR above 38 dB (JPEG, 4:4:4) / 28 dB (WebP, whose lossy mode halves the
+    colour resolution) and mean absolute error below 2.5 / 6.5 levels of 255 on the tiny set's 64-px
+    frames (docs/benchmarks.md, "Frame formats", measured 39.8 / 29.9 dB, 1.9 / 5.4 levels on the
+    default's frames; real 224-px frames do better)."""
+    out, raw_out = tmp_path / "frames", tmp_path / "raw-frames"
+    frames.run(_frames_params(tiny_params, format=fmt), tiny_annotations, tiny_raw / "videos", out)
+    frames.run(_frames_params(tiny_params, format="raw"), tiny_annotations, tiny_raw / "videos", raw_out)
+    index, shards = open_frames(out)
+    raw_index, raw_shards = open_frames(raw_out)
+    pd.testing.assert_frame_equal(index, raw_index)
+    assert json.loads((out / "meta.json").read_text())["format"] == fmt
+    assert sorted(p.name for p in out.glob("*.offsets.npy")) == sorted(
+        s.replace(".npy", ".offsets.npy") for s in index["shard"].unique()
+    )
+    decoded = np.concatenate([shards[r.shard][r.row, : r.num_valid] for r in index.itertuples()])
+    raw = np.concatenate([raw_shards[r.shard][r.row, : r.num_valid] for r in index.itertuples()])
+    assert _psnr(decoded, raw) > min_psnr
+    assert np.abs(decoded.astype(np.int16) - raw.astype(np.int16)).mean() < max_mean_error
+    stored = sum(p.stat().st_size for p in out.glob("*.npy"))
+    assert stored < sum(p.stat().st_size for p in raw_out.glob("*.npy")) / 2
+
+
+def test_another_format_redoes_every_shard(tiny_raw, tiny_annotations):
+    table = frames.video_table(pd.read_parquet(tiny_annotations), "t")
+    plans = [
+        [s.fingerprint for s in frames.plan_shards(table, tiny_raw / "videos", 4, 64, 3, storage=frames.Storage(f, q))]
+        for f, q in [("raw", 95), ("raw", 50), ("jpeg", 95), ("jpeg", 90), ("webp", 95)]
+    ]
+    assert plans[0] == plans[1]  # raw frames have no quality
+    assert len({p[0] for p in plans[1:]}) == 4 and all(len(set(p) & set(plans[0])) == 0 for p in plans[2:])

@@ -15,15 +15,21 @@ def _with(params, **sections):
     return params.model_copy(update={k: getattr(params, k).model_copy(update=v) for k, v in sections.items()})
 
 
-def test_loader_threads_yield_the_in_process_batches_bit_for_bit(tiny_features):
-    store = FeatureStore.open(tiny_features)
+@pytest.mark.parametrize(
+    ("store_fixture", "stored"),
+    [("tiny_features", torch.uint8), ("tiny_prefix_features", torch.float16)],
+    ids=["frames", "tokens"],
+)
+def test_loader_threads_yield_the_in_process_batches_bit_for_bit(request, store_fixture, stored):
+    """K = L: frames (decoded from JPEG in the threads); K < L: cached fp16 tokens."""
+    store = FeatureStore.open(request.getfixturevalue(store_fixture))
     rows = np.random.default_rng(0).permutation(store.caption_rows("train"))
     keys = [rows[i : i + 5] for i in range(0, len(rows), 5)]  # the last batch is shorter
     here = list(prefetched(store.pairs, keys, 0, torch.device("cpu")))
     ahead = list(prefetched(store.pairs, keys, 2, torch.device("cpu"), prefetch=3))
     assert len(here) == len(ahead) == len(keys)
     for (t0, m0, x0), (t1, m1, x1), key in zip(here, ahead, keys, strict=True):
-        assert t0.dtype == t1.dtype == torch.float16  # travels as stored
+        assert t0.dtype == t1.dtype == stored  # travels as stored
         assert t0.shape[0] == len(key) and torch.equal(t0, t1) and torch.equal(m0, m1) and torch.equal(x0, x1)
 
 
@@ -34,10 +40,12 @@ def test_on_device_converts_stored_floats_exactly_and_keeps_integers():
     assert on_device(torch.ones(2, dtype=torch.bool), torch.device("cpu")).dtype == torch.bool
 
 
-def test_features_stage_writes_the_same_cache_with_loader_threads(tmp_path, tiny_frames, tiny_annotations, tiny_params):
+def test_features_stage_writes_the_same_cache_with_loader_threads(
+    tmp_path, tiny_frames, tiny_annotations, tiny_prefix_params, tiny_prefix_features
+):
     out = tmp_path / "features"
-    features.run(_with(tiny_params, features={"loader_workers": 2, "batch_size": 7}), tiny_annotations, tiny_frames, out)
-    reference = tiny_frames.parent / "features"
+    features.run(_with(tiny_prefix_params, features={"loader_workers": 2, "batch_size": 7}), tiny_annotations, tiny_frames, out)
+    reference = tiny_prefix_features
     names = sorted(p.name for p in out.glob("*.npy"))
     assert len(names) > 2 and names == sorted(p.name for p in reference.glob("*.npy"))
     for name in names:
@@ -67,5 +75,5 @@ def test_on_a_gpu_batches_arrive_pinned_and_equal(tiny_features):
     cuda = torch.device("cuda")
     for key, batch in zip(keys, prefetched(store.pairs, keys, 2, cuda), strict=True):
         assert all(t.is_pinned() for t in batch)
-        tokens = on_device(batch[0], cuda)
-        assert tokens.dtype == torch.float32 and torch.equal(tokens.cpu(), store.pairs(key)[0].float())
+        frames = on_device(batch[0], cuda)  # K = L: uint8 frames, converted by the model's patch embedding
+        assert frames.dtype == torch.uint8 and torch.equal(frames.cpu(), store.pairs(key)[0])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mascot.clip_model import TowerOutput, VisionPrefix, VisionTop, block_with_attention, create_clip
+from mascot.clip_model import TowerOutput, VisionPrefix, VisionTop, block_with_attention, create_clip, normalization
 from mascot.config import ClipConfig, IscConfig, MaskConfig, TrainConfig, VariantConfig, load_params
 from mascot.errors import ConfigError
 from mascot.isc import ISCDecoder, completion_loss
@@ -53,11 +53,12 @@ def test_runner_with_every_block_matches_open_clip(name):
     clip = create_clip(ClipConfig(model=name))
     depth = len(clip.visual.transformer.resblocks)
     size = clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size
-    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    frames = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization(clip))
     with torch.no_grad():
-        tokens = VisionPrefix(clip.visual, depth)(images)  # patch embedding only
+        tokens = VisionPrefix(clip.visual, depth)(frames)  # patch embedding only
         out = VisionTop(clip.visual, depth).run(tokens, attention=True)
-        reference = clip.encode_image(images)
+        reference = clip.encode_image((frames.permute(0, 3, 1, 2).float() / 255 - mean) / std)
     torch.testing.assert_close(out.embedding, reference, atol=1e-5, rtol=1e-5)
     n = tokens.shape[1] - 1
     assert out.patches.shape == (2, n, clip.visual.transformer.width)
@@ -95,11 +96,11 @@ def test_dropped_patches_have_no_influence():
 
 
 def _pixels_of(patches: torch.Tensor, size: int = 64, patch: int = 16) -> torch.Tensor:
-    """(n, m) patch indices → (n, 1, size, size) bool: the pixels of those patches (row-major grid)."""
+    """(n, m) patch indices → (n, size, size, 1) bool: the pixels of those patches (row-major grid)."""
     grid = size // patch
     cells = torch.zeros(patches.shape[0], grid * grid, dtype=torch.bool)
     cells[torch.arange(len(patches))[:, None], patches] = True
-    return cells.view(-1, 1, grid, grid).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    return cells.view(-1, grid, grid, 1).repeat_interleave(patch, 1).repeat_interleave(patch, 2)
 
 
 def _masked_variants() -> list[str]:
@@ -108,7 +109,8 @@ def _masked_variants() -> list[str]:
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
-    return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 4 - 2
+    """n uint8 frames (n, 64, 64, 3), as the frames stage stores them."""
+    return torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize(
@@ -133,7 +135,8 @@ def test_masked_view_is_bit_identical_when_dropped_pixels_change(name, k):
     images = _images(6, 3)  # 3 videos × 2 frames
     _, _, text = _batch(b=3)
     with torch.no_grad():
-        step = objective.step(prefix(images).view(3, 2, 17, 128), torch.ones(3, 2, dtype=torch.bool), text)
+        # K = L: the objective embeds the frames' patches itself (RetrievalModel.frame_tokens)
+        step = objective.step(images.view(3, 2, 64, 64, 3), torch.ones(3, 2, dtype=torch.bool), text)
         for view in ("high", "low"):
             drop = step.masks.view(view)
             changed = torch.where(_pixels_of(drop.masked), _images(6, 4), images)
@@ -363,7 +366,6 @@ def test_mascot_fits_eight_pairs(tiny_features):
     pick = captions.drop_duplicates("video_index").drop_duplicates("caption").index.to_numpy()[:8]
     assert len(pick) == 8
     tokens, mask, text = store.pairs(pick)
-    tokens = tokens.float()
     objective, _ = _objective(MASCOT, frames=tokens.shape[1])
     opt = optimizer_for(objective, TrainConfig(lr=2e-3, clip_lr_scale=1.0))
     objective.train()

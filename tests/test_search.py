@@ -29,7 +29,7 @@ def fitted(tmp_path_factory, tiny_features, tiny_params):
     optimizer = optimizer_for(objective, TrainConfig(lr=2e-3, clip_lr_scale=1.0))
     unique = np.unique(store.captions["video_index"].to_numpy()[rows], return_index=True)[1]  # one pair per video
     for _ in range(80):
-        loss = objective(tokens[unique].float(), mask[unique], text[unique])["loss"]
+        loss = objective(tokens[unique], mask[unique], text[unique])["loss"]  # uint8 frames (K = L)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -75,5 +75,5 @@ def test_search_refuses_what_it_cannot_answer(fitted, tiny_features, tiny_params
         search.run(tiny_params, checkpoint, tiny_features, "  ")
     with pytest.raises(MascotError, match="has no videos"):
         search.run(tiny_params, checkpoint, tiny_features, "a red circle", split="nope")
-    with pytest.raises(MascotError, match="--frames"):
-        search.run(tiny_params, checkpoint, tiny_features, "a red circle", sheet=tiny_features / "x.png")
+    with pytest.raises(MascotError, match="--frames"):  # K = L: the videos are read from the frames folder
+        search.run(tiny_params, checkpoint, tiny_features, "a red circle", frames_dir=tiny_features / "nowhere")

@@ -13,15 +13,69 @@ from mascot.features import FeatureStore
 from mascot.train_log import steps_path
 
 
-def test_feature_cache_layout(tiny_features, tiny_params):
-    store = FeatureStore.open(tiny_features)
-    assert store.meta["trainable_blocks"] == tiny_params.train.trainable_blocks
+def test_feature_cache_layout(tiny_prefix_features, tiny_prefix_params):
+    """K < L: the features stage caches the frozen blocks' tokens, fp16."""
+    store = FeatureStore.open(tiny_prefix_features)
+    assert store.meta["trainable_blocks"] == 2 and store.meta["vision"] == "tokens"
     tokens, mask = store.video_batch(store.videos("test"))
-    assert tokens.shape == (6, tiny_params.frames.num_frames, 17, 128) and tokens.dtype == torch.float16  # as stored
+    assert tokens.shape == (6, tiny_prefix_params.frames.num_frames, 17, 128) and tokens.dtype == torch.float16  # as stored
     assert (mask.sum(1) >= 1).all()
     assert not tokens[~mask].any()  # padded frames were never encoded
     assert store.shards[store.index["shard"][0]].dtype == np.float16
+    assert store.text_tokens.shape == (len(store.captions), tiny_prefix_params.features.max_words)
+
+
+def test_no_token_cache_at_k_equal_l(tiny_features, tiny_frames, tiny_params):
+    """K = L: nothing of the frames is cached; the store hands out the frames themselves (uint8)."""
+    from mascot.frames import open_frames
+
+    assert tiny_params.train.trainable_blocks == 4  # L of mascot-tiny
+    assert not list(tiny_features.glob("vision-*"))
+    store = FeatureStore.open(tiny_features)
+    assert store.meta["vision"] == "frames"
+    frames, mask = store.video_batch(store.videos("test"))
+    assert frames.shape == (6, tiny_params.frames.num_frames, 64, 64, 3) and frames.dtype == torch.uint8
+    index, shards = open_frames(tiny_frames)
+    row = index.iloc[store.videos("test")[0]]
+    assert np.array_equal(frames[0].numpy(), shards[row["shard"]][row["row"]])
     assert store.text_tokens.shape == (len(store.captions), tiny_params.features.max_words)
+
+
+def test_store_refuses_another_frames_folder(tmp_path, tiny_features, tiny_frames):
+    import shutil
+
+    other = tmp_path / "frames"
+    shutil.copytree(tiny_frames, other)
+    index = __import__("pandas").read_parquet(other / "index.parquet")
+    index.iloc[::-1].to_parquet(other / "index.parquet", index=False)  # the same files, another order
+    with pytest.raises(MascotError, match="another frames folder"):
+        FeatureStore.open(tiny_features, other)
+    with pytest.raises(MascotError, match="has no frames index"):
+        FeatureStore.open(tiny_features, tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("variant", ["meanP", "mascot"])
+def test_training_from_frames_equals_the_token_cache(tmp_path, tiny_features, tiny_token_features, tiny_params, variant):
+    """At K = L the model embeds the frames' patches itself; a run on the fp16 token cache of the same
+    patch embedding gives the same run: every logged step's loss within 2e-3 (fp16 rounds each cached
+    value by up to 2^-11 relative; measured at most 4e-4 over the tiny run), the same selected epoch, test metrics
+    within one caption's R@k step (100/12)."""
+    logs, metrics = {}, {}
+    for name, features_dir in (("frames", tiny_features), ("tokens", tiny_token_features)):
+        model_out, log_out = tmp_path / f"{name}.pt", tmp_path / f"{name}.csv"
+        train.run(
+            tiny_params, features_dir, "synthetic", variant, 0, model_out, log_out, frames_dir=tiny_features.parent / "frames"
+        )
+        logs[name] = list(csv.DictReader(steps_path(log_out).open()))
+        evaluate.run(tiny_params, features_dir, model_out, tmp_path / f"{name}.json")
+        metrics[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert len(logs["frames"]) == len(logs["tokens"]) > 0
+    gaps = [abs(float(a["loss"]) - float(b["loss"])) for a, b in zip(logs["frames"], logs["tokens"], strict=True)]
+    assert max(gaps) < 2e-3
+    assert metrics["frames"]["best_epoch"] == metrics["tokens"]["best_epoch"]
+    for d in ("t2v", "v2t"):
+        for k in ("R1", "R5", "R10"):
+            assert abs(metrics["frames"][d][k] - metrics["tokens"][d][k]) <= 100 / 12 + 1e-6
 
 
 def test_train_then_evaluate(tmp_path, tiny_features, tiny_params):
@@ -69,19 +123,19 @@ def test_features_for_another_k_are_refused(tmp_path, tiny_features, tiny_params
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_cached_tokens_continue_the_same_tower(tiny_features, tiny_frames, tiny_params):
-    """The token cache is checked against open_clip: for every video of every split, the stage's fp16
+def test_cached_tokens_continue_the_same_tower(tiny_prefix_features, tiny_frames, tiny_prefix_params):
+    """The token cache (K < L) is checked against open_clip: for every video of every split, the stage's fp16
     tokens (its normalisation, its code) run through the trained top give encode_image of the same
     frames. Tolerance: fp16 rounds each cached value to 2^-11 relative; through the tower that stays
     below 1e-2 absolute on the unnormalised embedding and 1e-4 off a cosine of 1 (measured ~1e-3, ~1e-6)."""
     from mascot.clip_model import VisionTop, create_clip, normalization
     from mascot.frames import open_frames
 
-    clip = create_clip(tiny_params.clip)
-    store = FeatureStore.open(tiny_features)
+    clip = create_clip(tiny_prefix_params.clip)
+    store = FeatureStore.open(tiny_prefix_features)
     index, shards = open_frames(tiny_frames)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization(clip))
-    top = VisionTop(clip.visual, tiny_params.train.trainable_blocks)
+    top = VisionTop(clip.visual, tiny_prefix_params.train.trainable_blocks)
     assert set(index["split"]) == {"train", "val", "test"}
     for position, row in enumerate(index.itertuples()):
         frames = torch.from_numpy(np.array(shards[row.shard][row.row, : row.num_valid])).permute(0, 3, 1, 2).float() / 255

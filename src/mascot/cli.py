@@ -65,13 +65,15 @@ def _train(args, params):
     if params.train.processes > 1 and "WORLD_SIZE" not in os.environ:
         launch(params.train.processes, args.argv, params.train.device)  # the same command in every process, under torchrun
         return
-    train.run(params, args.features, args.dataset, args.variant, args.seed, args.model_out, args.log_out, args.state_dir)
+    train.run(
+        params, args.features, args.dataset, args.variant, args.seed, args.model_out, args.log_out, args.state_dir, args.frames
+    )
 
 
 def _evaluate(args, params):
     from . import evaluate
 
-    evaluate.run(params, args.features, args.model, args.out)
+    evaluate.run(params, args.features, args.model, args.out, args.frames)
 
 
 def _figures(args, params):
@@ -152,13 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="frames folder to create")
 
-    p = stage("features", _features, "Cache the frozen vision tokens (input of the top K blocks) and caption tokens.")
+    p = stage("features", _features, "Tokenize the captions; below K = L, also cache the frozen vision tokens.")
     p.add_argument("--annotations", type=Path, required=True)
     p.add_argument("--frames", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="features folder to create")
 
-    p = stage("train", _train, "Train one variant on cached tokens; keep the checkpoint selected on val.")
+    frames_help = "the frames folder the features came from (read at K = L; default: the features folder's sibling `frames`)"
+    p = stage("train", _train, "Train one variant; keep the checkpoint selected on val.")
     p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--frames", type=Path, default=None, help=frames_help)
     p.add_argument("--dataset", required=True, help="dataset name (recorded in the checkpoint)")
     p.add_argument("--variant", required=True, help="a name under variant_defs in params.yaml")
     p.add_argument("--seed", type=int, required=True)
@@ -170,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("evaluate", _evaluate, "Text→video and video→text metrics on the test split.")
     p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--frames", type=Path, default=None, help=frames_help)
     p.add_argument("--model", type=Path, required=True, help="checkpoint from the train stage")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
 
@@ -191,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="videos to list (default 5)")
     p.add_argument("--split", default="test", help="split searched (default test)")
     p.add_argument("--annotations", type=Path, default=None, help="annotations.parquet, to name each video's file")
-    p.add_argument("--frames", type=Path, default=None, help="the frames folder, to draw --sheet")
+    p.add_argument("--frames", type=Path, default=None, help=frames_help + "; drawn by --sheet")
     p.add_argument("--sheet", type=Path, default=None, help="PNG contact sheet to write: a row of frames per video")
 
     p = stage("tables", _tables, "Markdown, CSV and LaTeX tables of one dataset from its metrics files.")

@@ -172,12 +172,20 @@ def create_clip(cfg: ClipConfig) -> nn.Module:
             "A pretrained tag needs network access once (then it is cached in clip.cache_dir or $HF_HOME); "
             "offline, point clip.pretrained at a local checkpoint file or set it to null."
         ) from None
+    if not isinstance(getattr(model.visual, "patch_dropout", nn.Identity()), nn.Identity):
+        raise ConfigError(
+            f"`clip.model: {cfg.model}` drops patches at random while training (patch_dropout in its vision_cfg); the "
+            "frozen patch embedding (PatchEmbedding) never does. Use a config without patch_dropout."
+        )
     return model.eval()
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The pixel mean and std the model's weights expect (open_clip's OpenAI values when it says none)."""
-    visual = model.visual
+    return visual_normalization(model.visual)
+
+
+def visual_normalization(visual: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mean = getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
     return tuple(mean), tuple(getattr(visual, "image_std", None) or OPENAI_DATASET_STD)
 
@@ -258,19 +266,51 @@ def recomputed(fn, *args):
     return checkpoint(fn, *args, use_reentrant=False)
 
 
+class PatchEmbedding(nn.Module):
+    """uint8 frames → the input of block 0: CLIP's normalization, then open_clip's own `_embeds`
+    steps (conv1 patches, CLS token, position embeddings, ln_pre) over the same modules, without the
+    rest of the tower. Patch dropout is not applied (it is off in every model we build; `create_clip`
+    refuses one with it on)."""
+
+    def __init__(self, visual: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.conv1, self.ln_pre = visual.conv1, visual.ln_pre
+        self.class_embedding, self.positional_embedding = visual.class_embedding, visual.positional_embedding
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, S, S, 3) on the module's device → tokens (n, 1 + N, width)."""
+        x = (frames.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        return self.ln_pre(x)
+
+
 class VisionPrefix(nn.Module):
-    """The frozen bottom of the tower: patch embedding and the first L - K blocks (cached once)."""
+    """The frozen bottom of the tower: patch embedding and the first L - K blocks. The features
+    stage caches its output when K < L; at K = L it is the patch embedding alone, which the model
+    runs on the frames themselves (RetrievalModel.frame_tokens)."""
 
     def __init__(self, visual: nn.Module, trainable_blocks: int):
         super().__init__()
-        self.visual = visual
+        self.embed = PatchEmbedding(visual, *visual_normalization(visual))
         blocks = list(visual.transformer.resblocks)
         self.blocks = _Blocks(blocks[: len(blocks) - trainable_blocks], visual.transformer.batch_first)
+        self.requires_grad_(False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W), normalized → tokens (B, 1 + N, width) at the input of block L - K."""
-        return self.blocks(self.visual._embeds(images))
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (n, S, S, 3) → tokens (n, 1 + N, width) at the input of block L - K."""
+        return self.blocks(self.embed(frames))
+
+
+def tokens_per_frame(model_name: str) -> tuple[int, int]:
+    """(1 + N, width) of the tokens a frame becomes in the vision tower of `model_name`."""
+    vision = model_config(model_name)["vision_cfg"]
+    grid = image_size(model_name) // vision["patch_size"]
+    return 1 + grid * grid, vision["width"]
 
 
 @dataclass

@@ -75,6 +75,12 @@ class FramesConfig(Section):
     max_failed_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="fail the stage when more than this fraction of videos is unreadable"
     )
+    format: Literal["raw", "jpeg", "webp"] = Field(
+        "jpeg",
+        description="how frames are stored: JPEG or WebP image files, decoded by the loader threads (1/8 of raw's bytes "
+        "for JPEG at quality 95 on real 224-px frames), or raw uint8 (no decoding); docs/benchmarks.md, 'Frame formats'",
+    )
+    quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality of compressed frames (raw ignores it)")
 
 
 class ComputeConfig(Section):

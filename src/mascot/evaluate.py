@@ -73,11 +73,11 @@ def evaluate_split(model: RetrievalModel, store: FeatureStore, split: str, cfg: 
     return {**metrics, "num_videos": len(video), "num_captions": len(text)}
 
 
-def run(params: Params, features_dir: Path, checkpoint: Path, out: Path) -> None:
+def run(params: Params, features_dir: Path, checkpoint: Path, out: Path, frames_dir: Path | None = None) -> None:
     cfg = params.evaluate
     device = select_device(cfg.device, "evaluate.device")
     log.info("evaluate %s on %s", checkpoint, describe(device, cfg.precision))
-    store = FeatureStore.open(features_dir)
+    store = FeatureStore.open(features_dir, frames_dir)
     model, meta = load_checkpoint(checkpoint)
     model.to(device)
     result = evaluate_split(model, store, "test", cfg, dsl=True)

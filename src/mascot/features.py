@@ -1,19 +1,26 @@
-"""The features stage: run the frozen bottom of the vision tower once and cache its tokens.
+"""The features stage: tokenize the captions and, when K < L, cache the frozen bottom of the vision tower.
 
-docs/model.md, section "Where each part lives": the tower is split at block L - K (K = train.trainable_blocks). The cached tokens
-(fp16, the input of block L - K, CLS first) let training run only the top K blocks. Captions are
-tokenized here too, so training never touches the tokenizer.
+docs/model.md, section "Where each part lives": the tower is split at block L - K (K = train.trainable_blocks).
+With K < L the cached tokens (fp16, the input of block L - K, CLS first) let training run only the
+top K blocks. With K = L (the paper's end-to-end fine-tuning, and every masked variant) the frozen
+part is the patch embedding alone, a few per cent of the tower's compute: nothing of the frames is
+cached (its tokens would take more disk than the frames), and training, evaluation and the figures
+read the frames folder and embed the patches on their device (RetrievalModel.frame_tokens).
+Captions are tokenized here in both cases, so training never touches the tokenizer.
 
 Output folder layout (one artifact, replaced atomically):
-  vision-{split}-{k:05d}.npy  fp16 (videos, num_frames, 1 + N, width); rows follow the frames shards
-  index.parquet               video_id, split, shard, row, num_valid
+  vision-{split}-{k:05d}.npy  K < L only: fp16 (videos, num_frames, 1 + N, width); rows follow the frames shards
+  index.parquet               video_id, split, shard, row, num_valid (shard: the vision cache's, or at
+                              K = L the frames folder's)
   captions.parquet            caption_id, video_id, split, caption, video_index (row of index.parquet)
   text_tokens.npy             int32 (captions, max_words), row i = captions.parquet row i
-  meta.json                   model, pretrained, trainable_blocks, shapes
+  meta.json                   model, pretrained, trainable_blocks, shapes; vision: tokens | frames
+                              (and frames_index, the digest of the frames index it was made from)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -25,11 +32,11 @@ import torch
 
 from .annotations import read_table
 from .atomic import atomic_dir
-from .clip_model import VisionPrefix, check_split, create_clip, normalization, tokenizer
+from .clip_model import VisionPrefix, check_split, create_clip, tokenizer, tokens_per_frame, vision_layers
 from .config import Params
 from .devices import autocast, describe, select_device
 from .errors import MascotError
-from .frames import open_frames
+from .frames import INDEX, open_frames
 from .loader import prefetched
 from .progress import Progress
 from .storage import allocated_memmap, check_free, disk_full_is_an_error
@@ -37,18 +44,20 @@ from .storage import allocated_memmap, check_free, disk_full_is_an_error
 log = logging.getLogger(__name__)
 
 
-def encode_frames(prefix: VisionPrefix, frames: torch.Tensor, mean, std, batch_size: int, precision: str = "fp32") -> np.ndarray:
+def encode_frames(prefix: VisionPrefix, frames: torch.Tensor, batch_size: int, precision: str = "fp32") -> np.ndarray:
     """uint8 frames (n, S, S, 3) → fp16 tokens (n, 1 + N, width), on the prefix's device: the uint8
     frames travel as they are stored and are converted there."""
-    device = next(prefix.parameters()).device
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    device = next(prefix.buffers()).device
     out = []
     for i in range(0, len(frames), batch_size):
-        x = frames[i : i + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad(), autocast(device, precision):
-            out.append(prefix((x - mean_t) / std_t).to(torch.float16).cpu().numpy())
+            out.append(prefix(frames[i : i + batch_size].to(device, non_blocking=True)).to(torch.float16).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,), np.float16)
+
+
+def frames_digest(frames_dir: Path) -> str:
+    """What a features folder made at K = L records of its frames folder, to refuse another one."""
+    return hashlib.sha256((Path(frames_dir) / INDEX).read_bytes()).hexdigest()
 
 
 def video_groups(num_valid: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -71,22 +80,49 @@ def _check_space(out: Path, shards: dict[str, np.ndarray], tokens_per_frame: tup
     check_free(Path(out).parent, frames * int(np.prod(tokens_per_frame)) * 2, "The features stage")
 
 
-def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> None:
+def cache_vision(params: Params, index: pd.DataFrame, shards: dict, tokens_shape: tuple[int, int], tmp: Path) -> pd.DataFrame:
+    """Encode every valid frame through the frozen prefix (K < L) into fp16 shards under `tmp`;
+    return the index with the vision shards' names."""
     clip_cfg, k = params.clip, params.train.trainable_blocks
-    check_split(clip_cfg.model, k, params.masked_variants())
-    index, shards = open_frames(frames_dir)
-    meta_frames = json.loads((Path(frames_dir) / "meta.json").read_text())
     device = select_device(params.features.device, "features.device")
     batch_size, precision = params.features.batch_size, params.features.precision
     weights = clip_cfg.pretrained or "random (clip.pretrained: null)"
     log.info("features: %s, weights %s, K = %d, on %s", clip_cfg.model, weights, k, describe(device, precision))
     model = create_clip(clip_cfg)
     prefix = VisionPrefix(model.visual, k).eval().to(device)
-    mean, std = normalization(model)
-    with torch.no_grad():
-        tokens_per_frame = prefix(torch.zeros(1, 3, meta_frames["image_size"], meta_frames["image_size"], device=device)).shape[
-            1:
-        ]
+    keys = []  # (shard, rows, valid frames) of each group of videos encoded together
+    for name in shards:
+        rows = index[index["shard"] == name]
+        row, valid = rows["row"].to_numpy(), rows["num_valid"].to_numpy()
+        keys += [(name, row[group], valid[group]) for group in video_groups(valid, batch_size)]
+    caches = {
+        name: allocated_memmap(tmp / f"vision-{name}", np.float16, (frames.shape[0], frames.shape[1], *tokens_shape))
+        for name, frames in shards.items()
+    }
+
+    def group_frames(key: tuple[str, np.ndarray, np.ndarray]) -> torch.Tensor:
+        name, row, valid = key
+        return torch.from_numpy(np.concatenate([shards[name][r, :v] for r, v in zip(row, valid, strict=True)]))
+
+    batches = prefetched(group_frames, keys, params.features.loader_workers, device)
+    with Progress(int(index["num_valid"].sum()), "features", "frame") as progress:
+        for (name, row, valid), batch in zip(keys, batches, strict=True):
+            tokens = encode_frames(prefix, batch, batch_size, precision)
+            for r, v, offset in zip(row, valid, np.cumsum(valid) - valid, strict=True):
+                caches[name][r, :v] = tokens[offset : offset + v]
+            progress.update(int(valid.sum()))
+    for cache in caches.values():
+        cache.flush()
+    return index.assign(shard=index["shard"].map(lambda s: f"vision-{s}"))
+
+
+def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> None:
+    clip_cfg, k = params.clip, params.train.trainable_blocks
+    check_split(clip_cfg.model, k, params.masked_variants())
+    whole_tower = k == vision_layers(clip_cfg.model)
+    index, shards = open_frames(frames_dir)
+    meta_frames = json.loads((Path(frames_dir) / "meta.json").read_text())
+    tokens_shape = tokens_per_frame(clip_cfg.model)
 
     annotations = read_table(annotations_path)
     video_index = pd.Series(np.arange(len(index)), index=index["video_id"].to_numpy())
@@ -99,33 +135,14 @@ def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> 
     )
     tokenize = tokenizer(clip_cfg.model, params.features.max_words)
 
-    _check_space(out, shards, tuple(tokens_per_frame))
+    if not whole_tower:
+        _check_space(out, shards, tokens_shape)
     with disk_full_is_an_error(Path(out).parent, "features"), atomic_dir(out) as tmp:
-        feature_index = index.assign(shard=index["shard"].map(lambda s: f"vision-{s}"))
-        keys = []  # (shard, rows, valid frames) of each group of videos encoded together
-        for name in shards:
-            rows = index[index["shard"] == name]
-            row, valid = rows["row"].to_numpy(), rows["num_valid"].to_numpy()
-            keys += [(name, row[group], valid[group]) for group in video_groups(valid, batch_size)]
-        caches = {
-            name: allocated_memmap(tmp / f"vision-{name}", np.float16, (frames.shape[0], frames.shape[1], *tokens_per_frame))
-            for name, frames in shards.items()
-        }
-
-        def group_frames(key: tuple[str, np.ndarray, np.ndarray]) -> torch.Tensor:
-            name, row, valid = key
-            return torch.from_numpy(np.concatenate([shards[name][r, :v] for r, v in zip(row, valid, strict=True)]))
-
-        batches = prefetched(group_frames, keys, params.features.loader_workers, device)
-        with Progress(int(index["num_valid"].sum()), "features", "frame") as progress:
-            for (name, row, valid), batch in zip(keys, batches, strict=True):
-                tokens = encode_frames(prefix, batch, mean, std, batch_size, precision)
-                for r, v, offset in zip(row, valid, np.cumsum(valid) - valid, strict=True):
-                    caches[name][r, :v] = tokens[offset : offset + v]
-                progress.update(int(valid.sum()))
-        for cache in caches.values():
-            cache.flush()
-        del caches
+        if whole_tower:
+            log.info("features: K = L = %d, training embeds the frames' patches itself: no vision cache", k)
+            feature_index = index
+        else:
+            feature_index = cache_vision(params, index, shards, tokens_shape, tmp)
         feature_index.to_parquet(tmp / "index.parquet", index=False)
         captions.to_parquet(tmp / "captions.parquet", index=False)
         tokens = tokenize(captions["caption"].tolist()) if len(captions) else torch.zeros(0, params.features.max_words)
@@ -135,17 +152,20 @@ def run(params: Params, annotations_path: Path, frames_dir: Path, out: Path) -> 
             "pretrained": clip_cfg.pretrained,
             "trainable_blocks": k,
             "num_frames": int(meta_frames["num_frames"]),
-            "tokens_per_frame": int(tokens_per_frame[0]),
-            "width": int(tokens_per_frame[1]),
+            "tokens_per_frame": tokens_shape[0],
+            "width": tokens_shape[1],
             "max_words": params.features.max_words,
+            "vision": "frames" if whole_tower else "tokens",
         }
+        if whole_tower:
+            meta["frames_index"] = frames_digest(frames_dir)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     log.info("features: %d videos, %d captions cached in %s", len(index), len(captions), out)
 
 
 @dataclass
 class FeatureStore:
-    """Read access to a features folder: video tokens with frame masks, caption tokens."""
+    """Read access to a features folder: videos (cached tokens, or frames at K = L) with frame masks, caption tokens."""
 
     root: Path
     meta: dict
@@ -155,18 +175,34 @@ class FeatureStore:
     shards: dict[str, np.ndarray]
 
     @classmethod
-    def open(cls, root: Path) -> FeatureStore:
+    def open(cls, root: Path, frames_dir: Path | None = None) -> FeatureStore:
+        """The features folder; at K = L (meta `vision: frames`) the video batches come from
+        `frames_dir` (by default the sibling `frames` folder, as the pipeline lays them out), the
+        frames folder it was made from (refused when it is another one)."""
         root = Path(root)
+        frames_dir = Path(frames_dir) if frames_dir is not None else root.parent / "frames"
         if not (root / "meta.json").is_file():
             raise MascotError(f"{root}: not a features folder (no meta.json); run the features stage first.")
+        meta = json.loads((root / "meta.json").read_text())
         index = pd.read_parquet(root / "index.parquet")
+        if meta.get("vision", "tokens") == "tokens":
+            shards = {name: np.load(root / name, mmap_mode="r") for name in index["shard"].unique()}
+        elif not (frames_dir / INDEX).is_file() or frames_digest(frames_dir) != meta["frames_index"]:
+            what = "has no frames index" if not (frames_dir / INDEX).is_file() else "is another frames folder (its index differs)"
+            raise MascotError(
+                f"{root} holds no video tokens (K = L: the model embeds the frames itself) and reads the frames folder it "
+                f"was made from, but {frames_dir} {what}. Give that folder (--frames), or rerun the features stage on this "
+                "one (dvc repro)."
+            )
+        else:
+            shards = open_frames(frames_dir)[1]
         return cls(
             root=root,
-            meta=json.loads((root / "meta.json").read_text()),
+            meta=meta,
             index=index,
             captions=pd.read_parquet(root / "captions.parquet"),
             text_tokens=np.load(root / "text_tokens.npy"),
-            shards={name: np.load(root / name, mmap_mode="r") for name in index["shard"].unique()},
+            shards=shards,
         )
 
     def videos(self, split: str) -> np.ndarray:
@@ -177,8 +213,9 @@ class FeatureStore:
         return np.flatnonzero(self.captions["split"].to_numpy() == split)
 
     def video_batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (B, T, 1 + N, width) in their stored fp16 (devices.on_device makes them float32
-        where they are computed) and the frame mask (B, T) bool."""
+        """The videos as stored, cached tokens (B, T, 1 + N, width) fp16 or at K = L frames
+        (B, T, S, S, 3) uint8 (decoded here when compressed), for RetrievalModel.frame_tokens on the
+        device; and the frame mask (B, T) bool."""
         rows = self.index.iloc[positions]
         tokens = np.stack([self.shards[s][r] for s, r in zip(rows["shard"], rows["row"])])  # noqa: B905 -- two columns of one table
         t = tokens.shape[1]

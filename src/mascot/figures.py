@@ -63,7 +63,7 @@ def masks_figure(model: RetrievalModel, variant, store: FeatureStore, index, sha
     fig, axes = plt.subplots(len(positions), 6, figsize=(9, 1.6 * len(positions) + 0.6), squeeze=False)
     for axes_row, position in zip(axes, positions, strict=True):
         tokens, frame_mask = store.video_batch(np.array([position]))
-        valid = on_device(tokens[0][frame_mask[0]], device)
+        valid = model.frame_tokens(on_device(tokens[0][frame_mask[0]], device))
         full = model.vision.run(valid, attention=variant.mask.score == "cls_attn")
         caption_row = np.flatnonzero(store.captions["video_index"].to_numpy() == position)[0]
         text = model.encode_text(on_device(store.text_batch(np.array([caption_row])), device)).float()
@@ -129,7 +129,7 @@ def retrieval_figure(models: dict[str, RetrievalModel], store: FeatureStore, ind
 def run(params: Params, dataset: str, features_dir: Path, frames_dir: Path, models_dir: Path, out: Path) -> None:
     cfg = params.figures
     device = select_device(params.evaluate.device, "evaluate.device")
-    store = FeatureStore.open(features_dir)
+    store = FeatureStore.open(features_dir, frames_dir)
     index, shards = open_frames(frames_dir)
     index = index.set_index("video_id")
     loaded, trained_with = {}, {}

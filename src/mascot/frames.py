@@ -1,13 +1,15 @@
 """The frames stage: decode every video once into memory-mappable uint8 shards, in parallel, resumably.
 
 Output folder layout (one artifact, replaced atomically):
-  {split}-{k:05d}.npy   uint8 (videos, num_frames, size, size, 3), memory-mappable
+  {split}-{k:05d}.npy   the frames of up to shard_size videos, in `frames.format` (frame_store.py: raw
+                        uint8 (videos, num_frames, size, size, 3), memory-mappable, or the JPEG/WebP
+                        files of the frames with their offsets in {split}-{k:05d}.offsets.npy)
   index.parquet         video_id, split, shard, row, num_valid (frames past num_valid are padding),
                         decoder, substituted (unreadable frames replaced by their nearest readable one)
   failures.json         videos that could not be decoded, with the reason
   repairs.json          videos decord could not decode (PyAV did), or with replaced frames
   (the index's `decoder` column says which route decoded each video: decord or pyav)
-  meta.json             num_frames, image_size
+  meta.json             num_frames, image_size, format, quality
 
 Shards are the unit of work and of resumption. Each finished shard lands in the sibling folder
 `.<out>.partial/` (an .npy plus a small .json record, each renamed into place), keyed by a
@@ -34,8 +36,9 @@ from .annotations import SPLITS, read_table, segment_bounds
 from .atomic import atomic_file, replace_dir, write_json
 from .config import Params
 from .errors import MascotError
+from .frame_store import ShardWriter, offsets_name, open_shard, shard_files
 from .progress import Progress
-from .storage import allocated_memmap, check_free, disk_full_is_an_error
+from .storage import check_free, disk_full_is_an_error
 from .video import VideoReadError, decoder_messages, read_clip
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,9 @@ META = "meta.json"
 INDEX_COLUMNS = ["video_id", "split", "shard", "row", "num_valid", "decoder", "substituted"]
 #: Bump when decoding changes pixels or what the index records: finished shards of older code are redone.
 DECODER_VERSION = 3
+#: Bytes a compressed frame may take at most, as a fraction of a raw one, for the free-space check
+#: (measured: 1/5 to 1/30 at quality 95, docs/benchmarks.md "Frame formats").
+COMPRESSED_AT_MOST = 0.5
 
 
 def video_table(annotations: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -82,8 +88,25 @@ def _file_identity(path: Path) -> list:
         return [None, None]
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How a shard is stored (frames.format, frames.quality; the quality of raw frames is moot)."""
+
+    format: str = "raw"
+    quality: int = 95
+
+    def key(self) -> list:
+        return [self.format] if self.format == "raw" else [self.format, self.quality]
+
+
 def plan_shards(
-    videos: pd.DataFrame, video_root: Path, num_frames: int, size: int, shard_size: int, decoder: str = "auto"
+    videos: pd.DataFrame,
+    video_root: Path,
+    num_frames: int,
+    size: int,
+    shard_size: int,
+    decoder: str = "auto",
+    storage: Storage = Storage(),
 ) -> list[Shard]:
     shards = []
     for split in SPLITS:
@@ -93,7 +116,14 @@ def plan_shards(
                 (v.video_id, v.video_path, float(v.start), float(v.end))
                 for v in rows.iloc[start : start + shard_size].itertuples(index=False)
             )
-            key = [DECODER_VERSION, decoder, num_frames, size, [[*c, *_file_identity(video_root / c[1])] for c in chunk]]
+            key = [
+                DECODER_VERSION,
+                decoder,
+                *storage.key(),
+                num_frames,
+                size,
+                [[*c, *_file_identity(video_root / c[1])] for c in chunk],
+            ]
             digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
             shards.append(Shard(shard_name(split, k), split, chunk, digest))
     return shards
@@ -103,9 +133,9 @@ def _record_path(work: Path, shard: Shard) -> Path:
     return work / (shard.name.removesuffix(".npy") + ".json")
 
 
-def _is_done(work: Path, shard: Shard) -> bool:
+def _is_done(work: Path, shard: Shard, fmt: str) -> bool:
     record = _record_path(work, shard)
-    if not (record.is_file() and (work / shard.name).is_file()):
+    if not (record.is_file() and all((work / f).is_file() for f in shard_files(shard.name, fmt))):
         return False
     try:
         return json.loads(record.read_text())["fingerprint"] == shard.fingerprint
@@ -113,13 +143,13 @@ def _is_done(work: Path, shard: Shard) -> bool:
         return False
 
 
-def decode_shard(job: tuple[Shard, str, str, int, int, str]) -> str:
-    """Decode one shard into `work`: the .npy first, then its record (the record marks it done)."""
-    shard, video_root, work, num_frames, size, decoder = job
+def decode_shard(job: tuple[Shard, str, str, int, int, str, Storage]) -> str:
+    """Decode one shard into `work`: its files first, then its record (the record marks it done)."""
+    shard, video_root, work, num_frames, size, decoder, storage = job
     video_root, work = Path(video_root), Path(work)
     index, failures, repairs, messages = [], [], [], []
     with atomic_file(work / shard.name) as tmp, decoder_messages() as said:
-        array = allocated_memmap(tmp, np.uint8, (len(shard.videos), num_frames, size, size, 3))
+        writer = ShardWriter(tmp, storage.format, storage.quality, len(shard.videos), num_frames, size)
         for row, (video_id, video_path, start, end) in enumerate(shard.videos):
             try:
                 clip = read_clip(video_root / video_path, *segment_bounds(start, end), num_frames, size, decoder=decoder)
@@ -129,7 +159,7 @@ def decode_shard(job: tuple[Shard, str, str, int, int, str]) -> str:
             finally:
                 if text := said():
                     messages.append({"video_id": video_id, "video_path": video_path, "text": text})
-            array[row] = clip.frames
+            writer.write(row, clip.frames, clip.num_valid)
             index.append([video_id, shard.split, shard.name, row, clip.num_valid, clip.decoder, len(clip.substituted)])
             if clip.fell_back or clip.substituted:  # decord failed, or frames were lost
                 repairs.append(
@@ -140,8 +170,7 @@ def decode_shard(job: tuple[Shard, str, str, int, int, str]) -> str:
                         "substituted": [list(s) for s in clip.substituted],
                     }
                 )
-        array.flush()
-        del array
+        writer.close(work / offsets_name(shard.name))
     write_json(
         _record_path(work, shard),
         {"fingerprint": shard.fingerprint, "index": index, "failures": failures, "repairs": repairs, "messages": messages},
@@ -164,10 +193,18 @@ def _raise_interrupt(signum, frame):
 
 
 def run_shards(
-    todo: list[Shard], video_root: Path, work: Path, num_frames: int, size: int, workers: int, total: int, decoder: str = "auto"
+    todo: list[Shard],
+    video_root: Path,
+    work: Path,
+    num_frames: int,
+    size: int,
+    workers: int,
+    total: int,
+    decoder: str = "auto",
+    storage: Storage = Storage(),
 ) -> None:
     """Decode the shards in `todo` with `workers` processes; SIGTERM is handled like Ctrl-C."""
-    jobs = [(s, str(video_root), str(work), num_frames, size, decoder) for s in todo]
+    jobs = [(s, str(video_root), str(work), num_frames, size, decoder, storage) for s in todo]
     sizes = {s.name: len(s.videos) for s in todo}
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = Progress(total, "frames", "video", initial=total - sum(sizes.values()))
@@ -242,17 +279,20 @@ def run(params: Params, annotations_path: Path, video_root: Path, out: Path) -> 
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob(".*.tmp-*"):  # temp files of a killed run
         stale.unlink()
-    shards = plan_shards(videos, video_root, cfg.num_frames, size, cfg.shard_size, cfg.decoder)
-    todo = [s for s in shards if not _is_done(work, s)]
+    storage = Storage(cfg.format, cfg.quality)
+    shards = plan_shards(videos, video_root, cfg.num_frames, size, cfg.shard_size, cfg.decoder, storage)
+    todo = [s for s in shards if not _is_done(work, s, cfg.format)]
     if len(todo) < len(shards):
         log.info("frames: resuming, %d of %d shards already decoded in %s", len(shards) - len(todo), len(shards), work)
-    check_free(work, sum(len(s.videos) for s in todo) * cfg.num_frames * size * size * 3, "The frames stage")
+    raw_bytes = sum(len(s.videos) for s in todo) * cfg.num_frames * size * size * 3
+    check_free(work, int(raw_bytes * (1 if cfg.format == "raw" else COMPRESSED_AT_MOST)), "The frames stage")
     workers = resolve_workers(cfg.workers, len(todo))
+    stored = "uint8 frames" if cfg.format == "raw" else f"{cfg.format} frames at quality {cfg.quality}"
     log.info(
-        "frames: decoding %d videos on the CPU, %d worker process(es), uint8 frames", sum(len(s.videos) for s in todo), workers
+        "frames: decoding %d videos on the CPU, %d worker process(es), %s", sum(len(s.videos) for s in todo), workers, stored
     )
     with disk_full_is_an_error(work, "frames"):
-        run_shards(todo, video_root, work, cfg.num_frames, size, workers, len(videos), cfg.decoder)
+        run_shards(todo, video_root, work, cfg.num_frames, size, workers, len(videos), cfg.decoder, storage)
 
     records = [json.loads(_record_path(work, s).read_text()) for s in shards]
     log_decoder_messages([m for r in records for m in r.get("messages", [])])
@@ -266,27 +306,30 @@ def run(params: Params, annotations_path: Path, video_root: Path, out: Path) -> 
     if len(failures) > cfg.max_failed_fraction * len(videos):
         write_json(manifest, failures)
         raise MascotError(failure_message(failures, len(videos), cfg.max_failed_fraction, manifest))
-    keep = {s.name for s in shards}
+    keep = {f for s in shards for f in shard_files(s.name, cfg.format)}
     for path in work.iterdir():  # records and shards of an older plan
         if path.name not in keep:
             path.unlink()
     index.to_parquet(work / INDEX, index=False)
     (work / FAILURES).write_text(json.dumps(failures, indent=1) + "\n")
     (work / REPAIRS).write_text(json.dumps(repairs, indent=1) + "\n")
-    (work / META).write_text(json.dumps({"num_frames": cfg.num_frames, "image_size": size}, indent=1) + "\n")
+    meta = {"num_frames": cfg.num_frames, "image_size": size, "format": cfg.format, "quality": cfg.quality}
+    (work / META).write_text(json.dumps(meta, indent=1) + "\n")
     replace_dir(work, out)
     log.info("frames: %d videos in %s, %d failed, %d repaired", len(index), out, len(failures), len(repairs))
 
 
 def open_frames(frames_dir: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """The index and the memory-mapped shards of a frames folder."""
+    """The index and the shards of a frames folder, each read as a uint8 (videos, T, S, S, 3) array
+    whatever its format (frame_store.py)."""
     frames_dir = Path(frames_dir)
     try:
         index = pd.read_parquet(frames_dir / INDEX)
     except FileNotFoundError:
         raise MascotError(f"{frames_dir}: no {INDEX}; run the frames stage first.") from None
-    shards = {name: np.load(frames_dir / name, mmap_mode="r") for name in index["shard"].unique()}
-    return index, shards
+    meta = json.loads((frames_dir / META).read_text())
+    fmt = meta.get("format", "raw")  # folders of earlier revisions hold raw frames only
+    return index, {name: open_shard(frames_dir / name, fmt, meta["image_size"]) for name in index["shard"].unique()}
 
 
 def video_frames(index: pd.DataFrame, shards: dict[str, np.ndarray], video_id: str) -> np.ndarray:

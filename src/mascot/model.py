@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from open_clip.transformer import Transformer
 from torch import nn
 
-from .clip_model import TextEncoder, VisionTop
+from .clip_model import TextEncoder, VisionPrefix, VisionTop
 from .config import VariantConfig
+from .errors import MascotError
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,15 @@ class SeqTransf(nn.Module):
 
 
 class RetrievalModel(nn.Module):
-    """Text and video encoders over cached tokens, with CLIP's logit scale."""
+    """Text and video encoders over cached tokens (K < L) or frames (K = L), with CLIP's logit scale."""
 
     def __init__(
         self, clip: nn.Module, trainable_blocks: int, variant: VariantConfig, num_frames: int, logit_scale_max: float = 100.0
     ):
         super().__init__()
         self.vision = VisionTop(clip.visual, trainable_blocks)
+        # K = L: the frozen patch embedding, run on the frames themselves (features.py caches nothing then)
+        self.stem = VisionPrefix(clip.visual, trainable_blocks) if self.vision.whole_tower else None
         self.text = TextEncoder(clip)
         width = self.vision.proj.shape[1] if self.vision.proj is not None else self.vision.ln_post.normalized_shape[0]
         if variant.temporal == "meanP":
@@ -106,12 +109,25 @@ class RetrievalModel(nn.Module):
         frames[mask] = frame_embeddings
         return F.normalize(self.temporal(frames, mask), dim=-1)
 
-    def encode_video(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cached tokens (B, T, 1+N, W) → video embeddings; padded frames are not computed.
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames as the features folder gives them (FeatureStore.video_batch), on the device → tokens
+        at the input of the top K blocks: uint8 frames (n, S, S, 3) through the frozen patch
+        embedding (K = L), cached tokens (n, 1 + N, W) as they are."""
+        if frames.dtype != torch.uint8:
+            return frames
+        if self.stem is None:
+            raise MascotError(
+                "frames were given to a model that trains only the top blocks (K < L); it runs on the features "
+                "stage's cached tokens."
+            )
+        return self.stem(frames)
+
+    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Videos (B, T, ...) as stored (frame_tokens) → video embeddings; padded frames are not computed.
 
         This is inference for every variant: MASCOT masks only during training (docs/model.md, section "Where each part lives").
         """
-        return self.pool(self.vision(tokens[mask]), mask)
+        return self.pool(self.vision(self.frame_tokens(frames[mask])), mask)
 
     def encode_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(text_tokens), dim=-1)

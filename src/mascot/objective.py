@@ -110,7 +110,8 @@ class Objective(nn.Module):
         return self.step(tokens, frame_mask, text_tokens).terms
 
     def step(self, tokens: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor) -> Step:
-        """tokens (B, T, 1+N, W) cached, frame_mask (B, T), text_tokens (B, L): pair i is video i, caption i."""
+        """tokens (B, T, 1+N, W) cached or frames (B, T, S, S, 3) uint8 (K = L), frame_mask (B, T),
+        text_tokens (B, L): pair i is video i, caption i."""
         encoded = self.encode(tokens, frame_mask, text_tokens)
         terms = self.batch_terms(encoded.text, encoded.videos, self.model.scale())
         if encoded.isc is not None:
@@ -121,7 +122,7 @@ class Objective(nn.Module):
         """Everything a pair contributes that depends on that pair alone (masks, views, ISC)."""
         model, cfg = self.model, self.variant
         masking = self.training and cfg.mask is not None
-        valid = tokens[frame_mask]
+        valid = model.frame_tokens(tokens[frame_mask])
         full = model.vision.run(valid, attention=masking and cfg.mask.score == "cls_attn")
         text_feature, text_states = model.text(text_tokens, return_tokens=True)
         text = F.normalize(text_feature, dim=-1)

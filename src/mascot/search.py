@@ -99,10 +99,8 @@ def run(
     sheet: Path | None = None,
 ) -> pd.DataFrame:
     """Print (and return) the top-k table; draw the contact sheet when `sheet` is given."""
-    if sheet is not None and frames_dir is None:
-        raise MascotError("search: --sheet draws frames from the frames folder; give it with --frames.")
     device = select_device(params.evaluate.device, "evaluate.device")
-    store = FeatureStore.open(features_dir)
+    store = FeatureStore.open(features_dir, frames_dir)
     model, meta = load_checkpoint(checkpoint)
     if meta["model"] != store.meta["model"] or meta["trainable_blocks"] != store.meta["trainable_blocks"]:
         raise MascotError(
@@ -115,7 +113,7 @@ def run(
         paths = read_table(annotations).drop_duplicates("video_id").set_index("video_id")["video_path"]
         hits["video_path"] = hits["video_id"].map(paths)
     if sheet is not None:
-        contact_sheet(frames_dir, store, hits, query, sheet)
+        contact_sheet(frames_dir or Path(features_dir).parent / "frames", store, hits, query, sheet)
         log.info("search: contact sheet written to %s", sheet)
     print(hits.drop(columns="position").to_string(index=False))
     return hits

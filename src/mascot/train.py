@@ -1,4 +1,4 @@
-"""The train stage: fit the retrieval model on cached tokens, select the checkpoint on val.
+"""The train stage: fit the retrieval model (on frames at K = L, cached tokens below), select the checkpoint on val.
 
 The test split is never read here. The epoch with the best validation score
 (`train.selection_metric`) is the one saved; every epoch is logged for `dvc plots`. The training
@@ -409,10 +409,12 @@ def run(
     model_out: Path,
     log_out: Path,
     state_dir: Path | None = None,
+    frames_dir: Path | None = None,
 ) -> None:
-    """Train, resuming from `state_dir` when it holds the state of this very run."""
+    """Train, resuming from `state_dir` when it holds the state of this very run; at K = L on the
+    frames of `frames_dir` (FeatureStore.open)."""
     variant = params.variant(variant_name)
-    store = FeatureStore.open(features_dir)
+    store = FeatureStore.open(features_dir, frames_dir)
     train_rows = check_inputs(params, features_dir, store, variant_name, variant)
     rank, processes = distributed.init_from_env(cuda=select_device(params.train.device).type == "cuda")
     if processes != params.train.processes:

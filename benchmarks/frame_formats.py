@@ -1,0 +1,141 @@
+"""Bytes a frame, decode rate and pixel error of each `frames.format`, on the frames the stage stores.
+
+    python benchmarks/frame_formats.py                      # the default's frames + the real samples at 224 px
+    python benchmarks/frame_formats.py --frames data/msrvtt/frames   # any frames folder (raw)
+    python benchmarks/frame_formats.py --limit 40 --no-samples       # small (the test runs this)
+
+Every figure comes from the stage's own code (frame_store.encode_image / decode_frame). Sets: a raw
+frames folder (default data/synthetic/frames, 64 px), and the real sample videos sampled at 12 frames
+and 224 px by video.read_clip, as the frames stage samples them for ViT-B/32 and B/16. Decode rates are
+frames/s of one thread and of `--threads` threads (the loader's threads, loader.py). Error: mean and
+maximum absolute difference from the raw frame in 8-bit levels, and PSNR. The README's disk table
+multiplies the measured bytes a frame by each dataset's frames. Record the table, with the machine
+line it prints, in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mascot.frame_store import decode_frame, encode_image
+from mascot.frames import open_frames
+from mascot.video import read_clip
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+FORMATS = [("raw", None), ("jpeg", 95), ("jpeg", 90), ("webp", 95), ("webp", 90)]
+
+
+def folder_frames(folder: Path, limit: int) -> np.ndarray:
+    """Up to `limit` valid frames of a frames folder, in index order."""
+    index, shards = open_frames(folder)
+    out, n = [], 0
+    for row in index.itertuples():
+        frames = shards[row.shard][row.row, : row.num_valid]
+        out.append(frames)
+        n += len(frames)
+        if n >= limit:
+            break
+    return np.concatenate(out)[:limit]
+
+
+def sample_frames(size: int) -> np.ndarray:
+    files = sorted(p for p in SAMPLES.iterdir() if p.name != "corrupted.mp4")
+    clips = [read_clip(p, None, None, 12, size) for p in files]
+    return np.concatenate([c.frames[: c.num_valid] for c in clips])
+
+
+def rate(fn, items: list, threads: int) -> float:
+    start = time.perf_counter()
+    if threads == 1:
+        for item in items:
+            fn(item)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fn, items))
+    return len(items) / (time.perf_counter() - start)
+
+
+def measure(frames: np.ndarray, fmt: str, quality: int | None, threads: int) -> dict:
+    raw = frames[0].nbytes
+    if fmt == "raw":
+        return {
+            "bytes": raw,
+            "ratio": 1.0,
+            "encode": math.inf,
+            "decode1": math.inf,
+            "decodeN": math.inf,
+            "mae": 0.0,
+            "max": 0,
+            "psnr": math.inf,
+        }
+    start = time.perf_counter()
+    files = [np.frombuffer(encode_image(f, fmt, quality), np.uint8) for f in frames]
+    encode = len(frames) / (time.perf_counter() - start)
+    decoded = np.stack([decode_frame(f) for f in files])
+    diff = np.abs(decoded.astype(np.int16) - frames.astype(np.int16))
+    mse = float((diff.astype(np.float64) ** 2).mean())
+    size = float(np.mean([len(f) for f in files]))
+    return {
+        "bytes": size,
+        "ratio": raw / size,
+        "encode": encode,
+        "decode1": rate(decode_frame, files, 1),
+        "decodeN": rate(decode_frame, files, threads),
+        "mae": float(diff.mean()),
+        "max": int(diff.max()),
+        "psnr": 10 * math.log10(255**2 / mse) if mse > 0 else math.inf,
+    }
+
+
+def table(name: str, frames: np.ndarray, threads: int) -> list[str]:
+    s = frames.shape[1]
+    lines = [
+        f"\n{name}: {len(frames)} frames of {s}×{s} px",
+        "",
+        f"| format | bytes a frame | vs raw | encode frames/s | decode frames/s (1 thread) | decode frames/s ({threads} threads) | mean abs error | max abs error | PSNR dB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for fmt, quality in FORMATS:
+        m = measure(frames, fmt, quality, threads)
+        label = fmt if quality is None else f"{fmt} q{quality}"
+        if fmt == "raw":
+            lines.append(f"| {label} | {m['bytes']:,.0f} | 1 | – | – (memory map) | – | 0 | 0 | ∞ |")
+        else:
+            lines.append(
+                f"| {label} | {m['bytes']:,.0f} | 1/{m['ratio']:.1f} | {m['encode']:,.0f} | {m['decode1']:,.0f} | "
+                f"{m['decodeN']:,.0f} | {m['mae']:.2f} | {m['max']} | {m['psnr']:.1f} |"
+            )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=Path, default=Path("data/synthetic/frames"), help="a raw frames folder")
+    parser.add_argument("--limit", type=int, default=2000, help="frames taken from --frames")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=224, help="frame size of the real samples")
+    parser.add_argument("--no-samples", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}, torch {torch.__version__}"
+    )
+    lines = []
+    if (args.frames / "index.parquet").is_file():
+        lines += table(f"frames folder {args.frames}", folder_frames(args.frames, args.limit), args.threads)
+    if SAMPLES.is_dir() and not args.no_samples:
+        lines += table(f"real samples ({SAMPLES.name}/, 12 frames a video)", sample_frames(args.size), args.threads)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""How a frames shard lies on disk (`frames.format`), and how every stage reads it back.
+
+raw    {split}-{k}.npy: uint8 (videos, T, S, S, 3), memory-mapped; 3·S² bytes a frame, no decoding.
+jpeg   {split}-{k}.npy: uint8, the image files of every frame one after another, and
+webp   {split}-{k}.offsets.npy: int64 (videos, T + 1); frame t of video v is the file
+       bytes[offsets[v, t]:offsets[v, t + 1]] (empty for padding frames, which read back as zeros).
+       Encoded at `frames.quality` (JPEG without chroma subsampling), decoded when read: by the loader
+       threads, which run while the model computes (loader.py).
+
+Either format reads the same way, `shard[v]` or `shard[v, :n]` → uint8 (n, S, S, 3), so the stages
+do not know which one they read. docs/benchmarks.md, "Frame formats", has the bytes a frame, the
+decode rate and the pixel error of each; the README's disk table is computed from those bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .atomic import atomic_file
+from .storage import allocated_memmap
+
+FORMATS = ("raw", "jpeg", "webp")
+
+
+def offsets_name(shard: str) -> str:
+    return shard.removesuffix(".npy") + ".offsets.npy"
+
+
+def shard_files(shard: str, fmt: str) -> list[str]:
+    """The files of one shard, the one the index names first."""
+    return [shard] if fmt == "raw" else [shard, offsets_name(shard)]
+
+
+def encode_image(frame: np.ndarray, fmt: str, quality: int) -> bytes:
+    """One uint8 (S, S, 3) frame → the bytes of its image file."""
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality, subsampling=0)  # 4:4:4: full colour resolution
+    else:
+        Image.fromarray(frame).save(buffer, format="WEBP", quality=quality, method=4)
+    return buffer.getvalue()
+
+
+def decode_frame(data: np.ndarray) -> np.ndarray:
+    """The bytes of one image file → uint8 (S, S, 3) (Pillow's libjpeg-turbo / libwebp, which decode
+    without holding the GIL)."""
+    with Image.open(io.BytesIO(data.tobytes())) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+class ShardWriter:
+    """Writes one shard of `videos` × `num_frames` frames, row by row, at `path` (a temp name that
+    the caller renames into place; the offsets of a compressed shard are renamed first)."""
+
+    def __init__(self, path: Path, fmt: str, quality: int, videos: int, num_frames: int, size: int):
+        self.path, self.fmt, self.quality = Path(path), fmt, quality
+        if fmt == "raw":
+            self.array = allocated_memmap(self.path, np.uint8, (videos, num_frames, size, size, 3))
+        else:
+            self.parts: list[bytes] = []
+            self.offsets = np.zeros((videos, num_frames + 1), np.int64)
+            self.end = 0
+
+    def write(self, row: int, frames: np.ndarray, num_valid: int) -> None:
+        if self.fmt == "raw":
+            self.array[row] = frames
+            return
+        start = self.end
+        for t in range(num_valid):
+            self.parts.append(encode_image(frames[t], self.fmt, self.quality))
+            self.end += len(self.parts[-1])
+            self.offsets[row, t + 1] = self.end
+        self.offsets[row, 0] = start
+        self.offsets[row, num_valid + 1 :] = self.end
+
+    def close(self, offsets_path: Path) -> None:
+        """Flush the frames; a compressed shard also writes its offsets (atomically) to `offsets_path`."""
+        if self.fmt == "raw":
+            self.array.flush()
+            del self.array
+            return
+        with atomic_file(offsets_path) as tmp, open(tmp, "wb") as f:
+            np.save(f, self.offsets, allow_pickle=False)
+        data = np.frombuffer(b"".join(self.parts), np.uint8)
+        with open(self.path, "wb") as f:
+            np.save(f, data, allow_pickle=False)
+
+
+class EncodedShard:
+    """A compressed shard, read like the raw array: shard[v] or shard[v, frames] (a slice)."""
+
+    def __init__(self, path: Path, size: int):
+        self.data = np.load(path, mmap_mode="r")
+        self.offsets = np.load(Path(path).with_name(offsets_name(Path(path).name)))
+        self.shape = (self.offsets.shape[0], self.offsets.shape[1] - 1, size, size, 3)
+
+    def __getitem__(self, key) -> np.ndarray:
+        row, frames = key if isinstance(key, tuple) else (key, slice(None))
+        ts = range(self.shape[1])[frames]
+        out = np.zeros((len(ts), *self.shape[2:]), np.uint8)
+        bounds = self.offsets[row]
+        for j, t in enumerate(ts):
+            if bounds[t + 1] > bounds[t]:
+                out[j] = decode_frame(self.data[bounds[t] : bounds[t + 1]])
+        return out
+
+
+def open_shard(path: Path, fmt: str, size: int) -> np.ndarray | EncodedShard:
+    return np.load(path, mmap_mode="r") if fmt == "raw" else EncodedShard(path, size)
