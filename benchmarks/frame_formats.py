@@ -8,8 +8,9 @@ Every figure comes from the stage's own code (frame_store.encode_image / decode_
 frames folder (default data/synthetic/frames, 64 px), and the real sample videos sampled at 12 frames
 and 224 px by video.read_clip, as the frames stage samples them for ViT-B/32 and B/16. Decode rates are
 frames/s of one thread and of `--threads` threads (the loader's threads, loader.py). Error: mean and
-maximum absolute difference from the raw frame in 8-bit levels, and PSNR. The README's disk table
-multiplies the measured bytes a frame by each dataset's frames. Record the table, with the machine
+maximum absolute difference from the raw frame in 8-bit levels, and PSNR. Last, the README's disk
+table: the measured bytes of a real JPEG frame times each dataset's frames (its videos × the preset's
+`frames.num_frames`), beside what raw frames plus the K = L token cache took before. Record the table, with the machine
 line it prints, in docs/benchmarks.md.
 """
 
@@ -32,6 +33,15 @@ from mascot.video import read_clip
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 FORMATS = [("raw", None), ("jpeg", 95), ("jpeg", 90), ("webp", 95), ("webp", 90)]
+#: Videos of every split in the public annotation files (README, "Datasets"; tests/test_real_datasets.py).
+VIDEOS = {
+    "msrvtt": 9_000 + 1_000,
+    "lsmdc": 101_079 + 7_408 + 1_000,
+    "activitynet": 10_009 + 4_917,
+    "didemo": 8_392 + 1_065 + 1_004,
+}
+#: fp16 tokens a frame at K = L (the patch embedding: 1 + N tokens × 768), what the token cache held.
+TOKEN_BYTES = {"ViT-B/32": (1 + 49) * 768 * 2, "ViT-B/16": (1 + 196) * 768 * 2}
 
 
 def folder_frames(folder: Path, limit: int) -> np.ndarray:
@@ -117,6 +127,29 @@ def table(name: str, frames: np.ndarray, threads: int) -> list[str]:
     return lines
 
 
+def disk_table(frames: np.ndarray) -> list[str]:
+    """The paper recipe's frames + cache per dataset: before (raw frames and, at K = L, the fp16 token
+    cache) and now (JPEG q95 frames, no token cache), from the bytes measured on `frames`."""
+    from mascot.presets import overrides
+
+    jpeg = measure(frames, "jpeg", 95, 1)["bytes"]
+    raw = frames[0].nbytes
+    lines = [
+        f"\nDisk of the paper recipe (K = L), from {jpeg:,.0f} bytes a JPEG q95 frame measured above ({len(frames)} frames):",
+        "",
+        "| dataset | frames (videos × T) | before, B/32: raw frames + token cache | before, B/16 | now: JPEG frames, no token cache | now / before (B/32, B/16) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, videos in VIDEOS.items():
+        n = videos * overrides(f"{name}-vit-b-32")["frames.num_frames"]
+        b32, b16 = n * (raw + TOKEN_BYTES["ViT-B/32"]), n * (raw + TOKEN_BYTES["ViT-B/16"])
+        lines.append(
+            f"| {name} | {n:,} | {b32 / 1e9:.0f} GB | {b16 / 1e9:.0f} GB | {n * jpeg / 1e9:.1f} GB | "
+            f"1/{b32 / (n * jpeg):.0f}, 1/{b16 / (n * jpeg):.0f} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=Path, default=Path("data/synthetic/frames"), help="a raw frames folder")
@@ -133,7 +166,9 @@ def main() -> None:
     if (args.frames / "index.parquet").is_file():
         lines += table(f"frames folder {args.frames}", folder_frames(args.frames, args.limit), args.threads)
     if SAMPLES.is_dir() and not args.no_samples:
-        lines += table(f"real samples ({SAMPLES.name}/, 12 frames a video)", sample_frames(args.size), args.threads)
+        samples = sample_frames(args.size)
+        lines += table(f"real samples ({SAMPLES.name}/, 12 frames a video)", samples, args.threads)
+        lines += disk_table(samples)
     print("\n".join(lines))
 
 

@@ -3,14 +3,15 @@
     python benchmarks/gpu_check.py            # one CUDA GPU: ViT-B/32 and ViT-B/16, bf16, batch 128 × 12 frames
     python benchmarks/gpu_check.py --smoke    # any machine, CPU included: tiny config, tiny batch, seconds
 
-For each backbone at K = L (the paper recipe, as the presets set it, gradient checkpointing on):
-1. features stage: frames/s of its own encoding function (uint8 frames uploaded, the part the cache
-   holds: the patch embedding at K = L, fp16 tokens downloaded; the memmap writes are left out) and,
-   for reference, of the whole tower (docs/model.md, section "Where each part lives");
-2. evaluate stage: videos/s embedded from cached fp16 tokens in host memory (encode_video);
-3. train stage: seconds per step of the baseline (meanP) and of MASCOT (unmasked pass, both masked
-   views, ISC decoder, backward, clipping, AdamW) at batch 128 × 12 frames, the batch uploaded from
-   pinned fp16 as the loader hands it over (the loader's own reading is benchmarks/data_loader.py);
+For each backbone at K = L (the paper recipe, as the presets set it, gradient checkpointing on; the
+features stage then only tokenizes captions, and train and evaluate start from the frames):
+1. for reference, frames/s of the whole tower's inference on frames already on the device;
+2. evaluate stage: videos/s embedded from uint8 frames in host memory (encode_video: upload, the
+   frozen patch embedding and the tower on the device);
+3. train stage: seconds per step of the baseline (meanP) and of MASCOT (patch embedding, unmasked pass,
+   both masked views, ISC decoder, backward, clipping, AdamW) at batch 128 × 12 frames, the batch
+   uploaded from pinned uint8 frames as the loader hands it over (the loader's own reading and
+   JPEG decoding are benchmarks/data_loader.py);
 each with the peak GPU memory of that measurement. Random weights and random inputs: throughput
 does not depend on them. Record the printed table with the machine in docs/benchmarks.md.
 """
@@ -24,10 +25,9 @@ from collections.abc import Callable
 
 import torch
 
-from mascot.clip_model import VisionPrefix, create_clip, model_config, normalization
+from mascot.clip_model import create_clip, model_config
 from mascot.config import ClipConfig, MaskConfig, TrainConfig, VariantConfig
 from mascot.devices import autocast, on_device, select_device
-from mascot.features import encode_frames
 from mascot.model import RetrievalModel
 from mascot.objective import Objective
 from mascot.train import optimizer_for
@@ -67,38 +67,22 @@ def measured(fn: Callable[[], object], device: torch.device, steps: int, warmup:
 
 
 def inputs(cfg: dict, model: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One batch as the loader hands it over: cached tokens at K = L in their stored fp16, frame mask
-    and caption tokens, in pinned host memory on a GPU machine."""
-    clip = create_clip(ClipConfig(model=model))
+    """One batch as the loader hands it over at K = L: uint8 frames (decoded), frame mask and caption
+    tokens, in pinned host memory on a GPU machine."""
     size = model_config(model)["vision_cfg"]["image_size"]
-    with torch.no_grad():
-        shape = VisionPrefix(clip.visual, len(clip.visual.transformer.resblocks))(torch.zeros(1, 3, size, size)).shape[1:]
-    tokens = torch.randn(cfg["batch"], cfg["frames"], *shape).half()
+    videos = torch.randint(0, 256, (cfg["batch"], cfg["frames"], size, size, 3), dtype=torch.uint8)
     mask = torch.ones(cfg["batch"], cfg["frames"], dtype=torch.bool)
     text = torch.randint(1, 49000, (cfg["batch"], cfg["words"]))
     text[:, cfg["words"] // 2] = 49407
     text[:, cfg["words"] // 2 + 1 :] = 0
-    batch = (tokens, mask, text)
+    batch = (videos, mask, text)
     return tuple(t.pin_memory() for t in batch) if device.type == "cuda" else batch
 
 
-def features_rows(cfg: dict, model: str, device: torch.device, precision: str):
-    """The features stage's own encoding (features.encode_frames): uint8 frames from host memory to
-    the device, normalised there, through the cached part, fp16 tokens back to the host."""
+def reference_rows(cfg: dict, model: str, device: torch.device, precision: str):
+    """The whole tower's inference on frames already on the device, for reference."""
     clip = create_clip(ClipConfig(model=model)).to(device).eval()
     size = model_config(model)["vision_cfg"]["image_size"]
-    frames = torch.randint(0, 256, (cfg["image_batch"], size, size, 3), dtype=torch.uint8)
-    frames = frames.pin_memory() if device.type == "cuda" else frames
-    mean, std = normalization(clip)
-    prefix = VisionPrefix(clip.visual, len(clip.visual.transformer.resblocks))
-    seconds, peak = measured(
-        lambda: encode_frames(prefix, frames, mean, std, cfg["image_batch"], precision), device, cfg["steps"], cfg["warmup"]
-    )
-    yield (
-        "features: encode_frames at K = L (upload, patch embedding, download)",
-        f"{cfg['image_batch'] / seconds:,.0f} frames/s",
-        peak,
-    )
     images = torch.randn(cfg["image_batch"], 3, size, size, device=device)
 
     @torch.no_grad()
@@ -111,7 +95,7 @@ def features_rows(cfg: dict, model: str, device: torch.device, precision: str):
 
 
 def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
-    tokens, mask, text = inputs(cfg, model, device)
+    videos, mask, text = inputs(cfg, model, device)
     blocks = model_config(model)["vision_cfg"]["layers"]
     frames = cfg["batch"] * cfg["frames"]
     for name, masking in OBJECTIVES.items():
@@ -122,12 +106,12 @@ def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
         objective = Objective(retrieval, variant).to(device).train()
         if name == "meanP":
             seconds, peak = measured(
-                lambda r=retrieval: embed(r, tokens, mask, device, precision), device, cfg["steps"], cfg["warmup"]
+                lambda r=retrieval: embed(r, videos, mask, device, precision), device, cfg["steps"], cfg["warmup"]
             )
             yield f"evaluate: video embedding, {cfg['frames']} frames", f"{cfg['batch'] / seconds:,.0f} videos/s", peak
         optimizer = optimizer_for(objective, TrainConfig())
         seconds, peak = measured(
-            lambda o=objective, opt=optimizer: train_step(o, opt, (tokens, mask, text), device, precision),
+            lambda o=objective, opt=optimizer: train_step(o, opt, (videos, mask, text), device, precision),
             device,
             cfg["steps"],
             cfg["warmup"],
@@ -140,11 +124,11 @@ def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def embed(model: RetrievalModel, tokens: torch.Tensor, mask: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+def embed(model: RetrievalModel, videos: torch.Tensor, mask: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
     """The evaluate stage's video embedding, from the batch as the loader hands it over."""
     model.eval()
     with autocast(device, precision):
-        out = model.encode_video(on_device(tokens, device), on_device(mask, device))
+        out = model.encode_video(on_device(videos, device), on_device(mask, device))
     model.train()
     return out
 
@@ -179,7 +163,7 @@ def main() -> None:
     print("| model | measurement | throughput | peak GPU memory |")
     print("|---|---|---:|---:|")
     for model in cfg["models"]:
-        for rows in (features_rows, model_rows):
+        for rows in (reference_rows, model_rows):
             for what, value, peak in rows(cfg, model, device, args.precision):
                 memory = f"{peak:.1f} GiB" if peak is not None else "n/a (CPU)"
                 print(f"| {model} | {what} | {value} | {memory} |", flush=True)

@@ -19,7 +19,6 @@ def test_gpu_check_smoke_runs_on_cpu():
     out = _run("benchmarks/gpu_check.py", "--smoke")
     rows = [line.split(" | ")[1] for line in out.splitlines() if line.startswith("| mascot-tiny")]
     assert rows == [
-        "features: encode_frames at K = L (upload, patch embedding, download)",
         "whole tower, for reference (inputs on the device)",
         "evaluate: video embedding, 3 frames",
         "train: meanP step, batch 4 × 3, K = 4, checkpointing",
@@ -43,11 +42,11 @@ def test_data_loader_benchmark_compares_the_paths():
         "--steps",
         "4",
     )
-    paths = [line.split(" | ")[2] for line in out.splitlines() if line.startswith("| mascot-tiny")]
-    assert paths[:3] == [
-        "previous path (float32 on the CPU, main process)",
-        "loader, 0 threads (fp16 as stored)",
-        "loader, 1 thread (fp16 as stored)",
+    rows = [line.split(" | ")[1:4:2] for line in out.splitlines() if line.startswith("| 64 px (mascot-tiny)")]
+    assert rows == [
+        [fmt, path]
+        for fmt in ("raw", "jpeg")
+        for path in ("loader, 0 threads (uint8 frames)", "loader, 1 thread (uint8 frames)", "torch DataLoader, 1 process")
     ]
     assert any(line.startswith("| mascot-tiny | meanP |") for line in out.splitlines())  # the FLOP count ran
 
@@ -56,6 +55,12 @@ def test_mascot_step_benchmark_prints_the_ratio():
     out = _run("benchmarks/mascot_step.py", "--configs", "mascot-tiny", "--batch", "4", "--repeats", "1", "--warmup", "0")
     row = next(line for line in out.splitlines() if line.startswith("| mascot-tiny"))
     assert row.rstrip(" |").endswith("×")
+
+
+def test_frame_formats_benchmark_measures_every_format(tmp_path, tiny_frames):
+    out = _run("benchmarks/frame_formats.py", "--frames", str(tiny_frames), "--limit", "20", "--no-samples")
+    rows = [line.split(" | ")[0].lstrip("| ") for line in out.splitlines() if line.startswith("| ") and "frame" not in line]
+    assert rows == ["raw", "jpeg q95", "jpeg q90", "webp q95", "webp q90"]
 
 
 def test_frame_extraction_benchmark_compares_both_routes(tmp_path):
