@@ -110,6 +110,18 @@ def tiny_prefix_features(tiny_frames, tiny_annotations, tiny_prefix_params) -> P
 
 
 @pytest.fixture(scope="session")
+def tiny_raw_store(tiny_raw, tiny_annotations, tiny_params) -> tuple[Path, Path]:
+    """The tiny set with frames stored raw (frames.format: raw) and its K = L features: (features, frames)."""
+    from mascot import features, frames
+
+    params = tiny_params.model_copy(update={"frames": tiny_params.frames.model_copy(update={"format": "raw"})})
+    frames_dir, features_dir = tiny_raw.parent / "frames-raw", tiny_raw.parent / "features-raw"
+    frames.run(params, tiny_annotations, tiny_raw / "videos", frames_dir)
+    features.run(params, tiny_annotations, frames_dir, features_dir)
+    return features_dir, frames_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_token_features(tiny_features, tiny_frames, tiny_params) -> Path:
     """The K = L features with a token cache added by the features stage's own code (cache_vision):
     the patch embedding of every frame, in fp16, as the stage wrote it before K = L trained from the

@@ -301,3 +301,18 @@ def test_another_format_redoes_every_shard(tiny_raw, tiny_annotations):
     ]
     assert plans[0] == plans[1]  # raw frames have no quality
     assert len({p[0] for p in plans[1:]}) == 4 and all(len(set(p) & set(plans[0])) == 0 for p in plans[2:])
+
+
+def test_compressed_shard_file_is_what_np_save_writes(tmp_path):
+    """The writer spools encoded frames to disk (memory: one frame) and writes the .npy np.save would."""
+    from mascot.frame_store import ShardWriter, encode_image, offsets_name
+
+    frames_ = np.random.default_rng(1).integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)
+    writer = ShardWriter(tmp_path / "s.npy", "jpeg", 90, videos=2, num_frames=3, size=16)
+    for row in range(2):
+        writer.write(row, frames_[row], 3)
+    writer.close(tmp_path / offsets_name("s.npy"))
+    files = b"".join(encode_image(f, "jpeg", 90) for f in frames_.reshape(6, 16, 16, 3))
+    np.save(tmp_path / "expected.npy", np.frombuffer(files, np.uint8))
+    assert (tmp_path / "s.npy").read_bytes() == (tmp_path / "expected.npy").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["expected.npy", "s.npy", "s.offsets.npy"]  # no spool left

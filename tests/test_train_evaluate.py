@@ -54,28 +54,65 @@ def test_store_refuses_another_frames_folder(tmp_path, tiny_features, tiny_frame
         FeatureStore.open(tiny_features, tmp_path / "nowhere")
 
 
+def test_raw_frames_reach_the_model_bit_for_bit(tiny_raw_store):
+    """frames.format: raw at K = L: the batches are the frames stage's uint8 arrays as written (np.load),
+    with and without loader threads."""
+    from mascot.loader import prefetched
+
+    features_dir, frames_dir = tiny_raw_store
+    store = FeatureStore.open(features_dir, frames_dir)
+    rows = store.caption_rows("train")
+    keys = [rows[i : i + 5] for i in range(0, len(rows), 5)]
+    here = prefetched(store.pairs, keys, 0, torch.device("cpu"))
+    ahead = prefetched(store.pairs, keys, 2, torch.device("cpu"))
+    for key, (frames, mask, _), (frames2, mask2, _) in zip(keys, here, ahead, strict=True):
+        videos = store.index.iloc[store.captions["video_index"].to_numpy()[key]]
+        stored = np.stack([np.load(frames_dir / s)[r] for s, r in zip(videos["shard"], videos["row"], strict=True)])
+        assert frames.dtype == torch.uint8 and np.array_equal(frames.numpy(), stored)
+        assert torch.equal(frames, frames2) and torch.equal(mask, mask2)
+
+
+def test_evaluate_refuses_features_of_another_k(tmp_path, tiny_features, tiny_prefix_features, tiny_params):
+    model_out = tmp_path / "m.pt"
+    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"max_steps": 1})})
+    train.run(params, tiny_features, "synthetic", "meanP", 0, model_out, tmp_path / "log.csv")
+    with pytest.raises(MascotError, match="K=4.*K=2"):
+        evaluate.run(params, tiny_prefix_features, model_out, tmp_path / "metrics.json")
+    ckpt = torch.load(model_out, weights_only=True)
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("stem.")}  # an older revision's
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(MascotError, match="older revision"):
+        load_checkpoint(tmp_path / "old.pt")
+
+
 @pytest.mark.parametrize("variant", ["meanP", "mascot"])
 def test_training_from_frames_equals_the_token_cache(tmp_path, tiny_features, tiny_token_features, tiny_params, variant):
     """At K = L the model embeds the frames' patches itself; a run on the fp16 token cache of the same
-    patch embedding gives the same run: every logged step's loss within 2e-3 (fp16 rounds each cached
-    value by up to 2^-11 relative; measured at most 4e-4 over the tiny run), the same selected epoch, test metrics
-    within one caption's R@k step (100/12)."""
+    patch embedding gives the same run (on the CPU, fp32): every logged step's loss within 2e-3 (fp16
+    rounds each cached value by up to 2^-11 relative; measured at most 4e-4 over the tiny run), the
+    same selected epoch of two, test T→V metrics within one caption's R@k step (100/12) and V→T
+    within one video's (100/6)."""
+    cpu = {"device": "cpu"}
+    params = tiny_params.model_copy(
+        update={
+            "train": tiny_params.train.model_copy(update={**cpu, "epochs": 2}),
+            "evaluate": tiny_params.evaluate.model_copy(update=cpu),
+        }
+    )
     logs, metrics = {}, {}
     for name, features_dir in (("frames", tiny_features), ("tokens", tiny_token_features)):
         model_out, log_out = tmp_path / f"{name}.pt", tmp_path / f"{name}.csv"
-        train.run(
-            tiny_params, features_dir, "synthetic", variant, 0, model_out, log_out, frames_dir=tiny_features.parent / "frames"
-        )
+        train.run(params, features_dir, "synthetic", variant, 0, model_out, log_out, frames_dir=tiny_features.parent / "frames")
         logs[name] = list(csv.DictReader(steps_path(log_out).open()))
-        evaluate.run(tiny_params, features_dir, model_out, tmp_path / f"{name}.json")
+        evaluate.run(params, features_dir, model_out, tmp_path / f"{name}.json")
         metrics[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert len(logs["frames"]) == len(logs["tokens"]) > 0
     gaps = [abs(float(a["loss"]) - float(b["loss"])) for a, b in zip(logs["frames"], logs["tokens"], strict=True)]
     assert max(gaps) < 2e-3
     assert metrics["frames"]["best_epoch"] == metrics["tokens"]["best_epoch"]
-    for d in ("t2v", "v2t"):
+    for d, step in (("t2v", 100 / 12), ("v2t", 100 / 6)):
         for k in ("R1", "R5", "R10"):
-            assert abs(metrics["frames"][d][k] - metrics["tokens"][d][k]) <= 100 / 12 + 1e-6
+            assert abs(metrics["frames"][d][k] - metrics["tokens"][d][k]) <= step + 1e-6
 
 
 def test_train_then_evaluate(tmp_path, tiny_features, tiny_params):
@@ -312,3 +349,23 @@ def test_gradient_caching_trains_like_the_one_graph_step(tmp_path, tiny_features
         logs[chunk] = [float(row["loss"]) for row in csv.DictReader(steps_path(log).open())]
     assert len(logs[0]) == 4
     assert logs[3] == pytest.approx(logs[0], rel=1e-4)
+
+
+def test_smoke_caps_limit_steps_and_evaluated_videos(tmp_path, tiny_features, tiny_params):
+    """train.max_steps and evaluate.max_videos (smoke runs of a full-size dataset): at most N steps an
+    epoch; evaluation over the first N videos of the split and exactly their captions."""
+    params = tiny_params.model_copy(
+        update={
+            "train": tiny_params.train.model_copy(update={"epochs": 2, "batch_size": 4, "max_steps": 1}),
+            "evaluate": tiny_params.evaluate.model_copy(update={"max_videos": 3}),
+        }
+    )
+    model_out, log_out = tmp_path / "m.pt", tmp_path / "log.csv"
+    train.run(params, tiny_features, "synthetic", "meanP", 0, model_out, log_out)
+    assert [int(r["step"]) for r in csv.DictReader(steps_path(log_out).open())] == [1, 2]  # 16 videos / 4 would be 4 an epoch
+    evaluate.run(params, tiny_features, model_out, tmp_path / "metrics.json")
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    store = FeatureStore.open(tiny_features)
+    first = store.videos("test")[:3]
+    assert result["num_videos"] == 3
+    assert result["num_captions"] == int(np.isin(store.captions["video_index"], first).sum()) < len(store.caption_rows("test"))

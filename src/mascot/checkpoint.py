@@ -35,5 +35,12 @@ def load_checkpoint(path: Path) -> tuple[RetrievalModel, dict]:
     model = RetrievalModel(
         clip, meta["trainable_blocks"], VariantConfig.model_validate(meta["variant"]), meta["num_frames"], meta["logit_scale_max"]
     )
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise MascotError(
+            f"{path}: its weights do not fit the model its metadata describes ({str(exc).splitlines()[0]}); it was "
+            "written by an older revision (before K = L trained from the frames, it had no patch embedding): rerun its "
+            "train stage (dvc repro)."
+        ) from None
     return model.eval(), meta

@@ -26,6 +26,8 @@ from .config import ClipConfig
 from .errors import ConfigError, MascotError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+#: What a model without recorded pixel statistics is normalized with (open_clip's OpenAI values).
+DEFAULT_NORMALIZATION = (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
 
 
 @functools.cache
@@ -280,12 +282,15 @@ class PatchEmbedding(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (n, S, S, 3) on the module's device → tokens (n, 1 + N, width)."""
-        x = (frames.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
-        x = self.conv1(x).flatten(2).transpose(1, 2)
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        return self.ln_pre(x)
+        """uint8 (n, S, S, 3) on the module's device → tokens (n, 1 + N, width), in fp32 whatever the
+        autocast around it: the frozen embedding is a few per cent of the tower, computed exactly (as
+        the fp32 token cache was)."""
+        with torch.autocast(frames.device.type, enabled=False):
+            x = frames.permute(0, 3, 1, 2).float().div_(255.0).sub_(self.mean).div_(self.std)  # in place: one float copy
+            x = self.conv1(x).flatten(2).transpose(1, 2)
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+            return self.ln_pre(x)
 
 
 class VisionPrefix(nn.Module):

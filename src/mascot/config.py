@@ -77,8 +77,9 @@ class FramesConfig(Section):
     )
     format: Literal["raw", "jpeg", "webp"] = Field(
         "jpeg",
-        description="how frames are stored: JPEG or WebP image files, decoded by the loader threads (1/8 of raw's bytes "
-        "for JPEG at quality 95 on real 224-px frames), or raw uint8 (no decoding); docs/benchmarks.md, 'Frame formats'",
+        description="how frames are stored: JPEG or WebP image files, decoded where batches are assembled (loader "
+        "threads, or the main thread with loader_workers: 0), or raw uint8 (no decoding); bytes, decode rates and "
+        "metrics per format in docs/benchmarks.md, 'Frame formats'",
     )
     quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality of compressed frames (raw ignores it)")
 
@@ -110,7 +111,8 @@ class TrainConfig(ComputeConfig):
     trainable_blocks: int = Field(
         4,
         ge=1,
-        description="K: top vision blocks trained on cached tokens; masked variants need K = L (docs/model.md, section 'Exact masking')",
+        description="K: top vision blocks trained (below L on cached tokens, at L from the frames); masked variants need "
+        "K = L (docs/model.md, section 'Exact masking')",
     )
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=2, description="video-caption pairs per step (in-batch negatives)")
@@ -152,6 +154,12 @@ class TrainConfig(ComputeConfig):
         ge=1,
         description="data-parallel training processes (one GPU each) that the train stage starts itself under torchrun; "
         "each takes batch_size / processes pairs of every global batch, the loss is over the global batch (distributed.py)",
+    )
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="smoke runs of a full-size dataset only (benchmarks/rehearsal.py): at most this many steps an epoch, "
+        "from the epoch's shuffled order; null: every batch",
     )
 
     @model_validator(mode="after")
@@ -260,6 +268,13 @@ class EvaluateConfig(ComputeConfig):
     chunk_size: int = Field(1024, ge=1, description="captions per chunk of the similarity matrix (memory: chunk x videos)")
     dsl_scale: float = Field(
         100.0, gt=0, description="inverse temperature of the DSL (dual softmax) post-processing, reported apart"
+    )
+    max_videos: int | None = Field(
+        None,
+        ge=1,
+        description="smoke runs of a full-size dataset only (benchmarks/rehearsal.py): evaluate the first N videos of a "
+        "split and their captions (val in train, test in evaluate and figures); the metrics then cover those videos only "
+        "(num_videos in the metrics file) and are not the protocol's; null: every video",
     )
 
 

@@ -38,6 +38,27 @@ def embed_videos(
     return torch.cat(out)
 
 
+def check_store(checkpoint: Path, meta: dict, store: FeatureStore) -> None:
+    """Refuse a features folder made for another model or K than the checkpoint's: its videos would
+    enter the tower at the wrong place (tokens of block L - K taken for patch embeddings)."""
+    if meta["model"] != store.meta["model"] or meta["trainable_blocks"] != store.meta["trainable_blocks"]:
+        raise MascotError(
+            f"{checkpoint} was trained on {meta['model']} with K={meta['trainable_blocks']}, but {store.root} was made "
+            f"for {store.meta['model']} with K={store.meta['trainable_blocks']}; give the features folder it was trained "
+            "on (or rerun the stages, dvc repro)."
+        )
+
+
+def split_rows(store: FeatureStore, split: str, cfg: EvaluateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of a split's videos and rows of their captions: all of them, or with
+    `evaluate.max_videos` (smoke runs) the first that many videos and their captions."""
+    videos, captions = store.videos(split), store.caption_rows(split)
+    if cfg.max_videos is not None and len(videos) > cfg.max_videos:
+        videos = videos[: cfg.max_videos]
+        captions = captions[np.isin(store.captions["video_index"].to_numpy()[captions], videos)]
+    return videos, captions
+
+
 @torch.no_grad()
 def embed_split(
     model: RetrievalModel, store: FeatureStore, split: str, cfg: EvaluateConfig
@@ -47,7 +68,7 @@ def embed_split(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    videos, captions = store.videos(split), store.caption_rows(split)
+    videos, captions = split_rows(store, split, cfg)
     if len(videos) == 0 or len(captions) == 0:
         raise MascotError(f"{store.root}: the `{split}` split has no videos or no captions to evaluate.")
     batch_size = cfg.batch_size
@@ -79,6 +100,7 @@ def run(params: Params, features_dir: Path, checkpoint: Path, out: Path, frames_
     log.info("evaluate %s on %s", checkpoint, describe(device, cfg.precision))
     store = FeatureStore.open(features_dir, frames_dir)
     model, meta = load_checkpoint(checkpoint)
+    check_store(checkpoint, meta, store)
     model.to(device)
     result = evaluate_split(model, store, "test", cfg, dsl=True)
     result.update(

@@ -29,7 +29,7 @@ from .checkpoint import load_checkpoint
 from .config import Params, VariantConfig
 from .devices import autocast, on_device, select_device
 from .errors import MascotError
-from .evaluate import embed_videos
+from .evaluate import check_store, embed_videos, split_rows
 from .features import FeatureStore
 from .frames import open_frames, video_frames
 from .model import RetrievalModel
@@ -90,7 +90,7 @@ def masks_figure(model: RetrievalModel, variant, store: FeatureStore, index, sha
 @torch.no_grad()
 def retrieval_figure(models: dict[str, RetrievalModel], store: FeatureStore, index, shards: dict, params: Params):
     cfg = params.figures
-    videos = store.videos("test")
+    videos = split_rows(store, "test", params.evaluate)[0]
     video_of = store.captions["video_index"].to_numpy()
     rows = [np.flatnonzero(video_of == v)[0] for v in videos[: cfg.queries]]
     k = min(cfg.top_k, len(videos))
@@ -138,6 +138,7 @@ def run(params: Params, dataset: str, features_dir: Path, frames_dir: Path, mode
         model, meta = load_checkpoint(path)
         if meta["dataset"] != dataset:
             raise MascotError(f"{path} was trained on {meta['dataset']}, not {dataset}; rerun its train stage (dvc repro).")
+        check_store(path, meta, store)
         loaded[name] = model.to(device)
         trained_with[name] = VariantConfig.model_validate(meta["variant"])  # the masks it trained with
     labels = {name: params.variant_defs[name].label or name for name in loaded}

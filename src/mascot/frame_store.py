@@ -15,6 +15,8 @@ decode rate and the pixel error of each; the README's disk table is computed fro
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +56,15 @@ def decode_frame(data: np.ndarray) -> np.ndarray:
 
 class ShardWriter:
     """Writes one shard of `videos` × `num_frames` frames, row by row, at `path` (a temp name that
-    the caller renames into place; the offsets of a compressed shard are renamed first)."""
+    the caller renames into place; the offsets of a compressed shard are renamed first). Encoded
+    frames go to a spool file as they come, so memory holds one frame, not the shard."""
 
     def __init__(self, path: Path, fmt: str, quality: int, videos: int, num_frames: int, size: int):
         self.path, self.fmt, self.quality = Path(path), fmt, quality
         if fmt == "raw":
             self.array = allocated_memmap(self.path, np.uint8, (videos, num_frames, size, size, 3))
         else:
-            self.parts: list[bytes] = []
+            self.spool = tempfile.TemporaryFile(dir=self.path.parent)
             self.offsets = np.zeros((videos, num_frames + 1), np.int64)
             self.end = 0
 
@@ -71,8 +74,7 @@ class ShardWriter:
             return
         start = self.end
         for t in range(num_valid):
-            self.parts.append(encode_image(frames[t], self.fmt, self.quality))
-            self.end += len(self.parts[-1])
+            self.end += self.spool.write(encode_image(frames[t], self.fmt, self.quality))
             self.offsets[row, t + 1] = self.end
         self.offsets[row, 0] = start
         self.offsets[row, num_valid + 1 :] = self.end
@@ -85,9 +87,10 @@ class ShardWriter:
             return
         with atomic_file(offsets_path) as tmp, open(tmp, "wb") as f:
             np.save(f, self.offsets, allow_pickle=False)
-        data = np.frombuffer(b"".join(self.parts), np.uint8)
-        with open(self.path, "wb") as f:
-            np.save(f, data, allow_pickle=False)
+        with self.spool, open(self.path, "wb") as f:  # the .npy np.save would write, from the spool
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (self.end,)})
+            self.spool.seek(0)
+            shutil.copyfileobj(self.spool, f, 1 << 20)
 
 
 class EncodedShard:

@@ -12,7 +12,7 @@ Output folder layout (one artifact, replaced atomically):
   meta.json             num_frames, image_size, format, quality
 
 Shards are the unit of work and of resumption. Each finished shard lands in the sibling folder
-`.<out>.partial/` (an .npy plus a small .json record, each renamed into place), keyed by a
+`.<out>.partial/` (its files, then a small .json record, each renamed into place), keyed by a
 fingerprint of its videos (paths, spans, file sizes and mtimes) and the decoding settings. An
 interrupted run (SIGINT, SIGTERM, a crash) leaves the finished shards there; the rerun decodes only
 the others, and the assembled folder is byte-identical to an uninterrupted run's.
@@ -50,7 +50,7 @@ INDEX_COLUMNS = ["video_id", "split", "shard", "row", "num_valid", "decoder", "s
 #: Bump when decoding changes pixels or what the index records: finished shards of older code are redone.
 DECODER_VERSION = 3
 #: Bytes a compressed frame may take at most, as a fraction of a raw one, for the free-space check
-#: (measured: 1/5 to 1/30 at quality 95, docs/benchmarks.md "Frame formats").
+#: (measured at quality 95: 1/3 of raw on the 64-px synthetic frames, 1/8 on real 224-px ones; docs/benchmarks.md "Frame formats").
 COMPRESSED_AT_MOST = 0.5
 
 
@@ -147,6 +147,7 @@ def decode_shard(job: tuple[Shard, str, str, int, int, str, Storage]) -> str:
     """Decode one shard into `work`: its files first, then its record (the record marks it done)."""
     shard, video_root, work, num_frames, size, decoder, storage = job
     video_root, work = Path(video_root), Path(work)
+    _record_path(work, shard).unlink(missing_ok=True)  # a record of an older plan must not vouch for half-replaced files
     index, failures, repairs, messages = [], [], [], []
     with atomic_file(work / shard.name) as tmp, decoder_messages() as said:
         writer = ShardWriter(tmp, storage.format, storage.quality, len(shard.videos), num_frames, size)

@@ -23,6 +23,9 @@ from .config import VariantConfig
 from .errors import MascotError
 
 log = logging.getLogger(__name__)
+#: Frames embedded a pass: bounds the float copies of an evaluation batch of 64-frame videos (256 × 64
+#: frames at 224 px would be 10 GB each); no training or evaluation batch of the default reaches it.
+STEM_CHUNK = 4096
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -120,7 +123,9 @@ class RetrievalModel(nn.Module):
                 "frames were given to a model that trains only the top blocks (K < L); it runs on the features "
                 "stage's cached tokens."
             )
-        return self.stem(frames)
+        if len(frames) <= STEM_CHUNK:
+            return self.stem(frames)
+        return torch.cat([self.stem(frames[i : i + STEM_CHUNK]) for i in range(0, len(frames), STEM_CHUNK)])
 
     def encode_video(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Videos (B, T, ...) as stored (frame_tokens) → video embeddings; padded frames are not computed.

@@ -23,7 +23,7 @@ from .clip_model import tokenizer
 from .config import Params
 from .devices import autocast, describe, on_device, select_device
 from .errors import MascotError
-from .evaluate import embed_videos
+from .evaluate import check_store, embed_videos
 from .features import FeatureStore
 from .model import RetrievalModel
 
@@ -102,11 +102,7 @@ def run(
     device = select_device(params.evaluate.device, "evaluate.device")
     store = FeatureStore.open(features_dir, frames_dir)
     model, meta = load_checkpoint(checkpoint)
-    if meta["model"] != store.meta["model"] or meta["trainable_blocks"] != store.meta["trainable_blocks"]:
-        raise MascotError(
-            f"{checkpoint} was trained on {meta['model']} tokens for K={meta['trainable_blocks']}, but {features_dir} holds "
-            f"{store.meta['model']} tokens for K={store.meta['trainable_blocks']}; give the features folder it was trained on."
-        )
+    check_store(checkpoint, meta, store)
     log.info("search: %s on %s", checkpoint, describe(device, params.evaluate.precision))
     hits = top_videos(model.to(device), store, query, split, k, params)
     if annotations is not None:

@@ -22,7 +22,7 @@ import torch
 
 from . import distributed, resume
 from .checkpoint import save_checkpoint
-from .clip_model import check_split, create_clip
+from .clip_model import DEFAULT_NORMALIZATION, check_split, create_clip, normalization
 from .config import Params, TrainConfig, VariantConfig
 from .devices import autocast, describe, grad_scaler, on_device, select_device
 from .errors import ConfigError, MascotError
@@ -170,7 +170,7 @@ class Job:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.train_rows) // self.batch
+        return min(len(self.train_rows) // self.batch, self.cfg.max_steps or math.inf)
 
     def fingerprint(self) -> str:
         """Everything that determines the run: a saved state is resumed only when this matches."""
@@ -250,9 +250,14 @@ def build(job: Job) -> Fit:
     """Model, objective, optimizer, lr schedule, loss scaler and data-order generator, in the order
     that fixes their random initialisation (call after seed_everything)."""
     cfg = job.cfg
-    model = RetrievalModel(
-        create_clip(job.params.clip), cfg.trainable_blocks, job.variant, job.store.meta["num_frames"], cfg.logit_scale_max
-    )
+    clip = create_clip(job.params.clip)
+    if normalization(clip) != DEFAULT_NORMALIZATION:
+        raise ConfigError(
+            f"`clip.pretrained: {job.params.clip.pretrained}` expects pixel mean/std {normalization(clip)}, not open_clip's "
+            f"default {DEFAULT_NORMALIZATION}, which a checkpoint is rebuilt with (checkpoint.py) when evaluated; such "
+            "weights are not supported yet."
+        )
+    model = RetrievalModel(clip, cfg.trainable_blocks, job.variant, job.store.meta["num_frames"], cfg.logit_scale_max)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     objective = Objective(model, job.variant).to(job.device).train()
     trainer = objective
