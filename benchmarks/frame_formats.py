@@ -1,12 +1,14 @@
 """Bytes a frame, decode rate and pixel error of each `frames.format`, on the frames the stage stores.
 
-    python benchmarks/frame_formats.py                      # the default's frames + the real samples at 224 px
-    python benchmarks/frame_formats.py --frames data/msrvtt/frames   # any frames folder (raw)
+    python benchmarks/frame_formats.py                      # the default's videos at 64 px + the real samples at 224 px
+    python benchmarks/frame_formats.py --frames data/msrvtt/frames   # any frames folder stored raw
     python benchmarks/frame_formats.py --limit 40 --no-samples       # small (the test runs this)
 
-Every figure comes from the stage's own code (frame_store.encode_image / decode_frame). Sets: a raw
-frames folder (default data/synthetic/frames, 64 px), and the real sample videos sampled at 12 frames
-and 224 px by video.read_clip, as the frames stage samples them for ViT-B/32 and B/16. Decode rates are
+Every figure comes from the stage's own code (frame_store.encode_image / decode_frame). Sets: the
+default's generated videos (data/synthetic/raw/videos) sampled by video.read_clip as the frames
+stage samples them (6 frames, 64 px; or a frames folder stored raw, `--frames`), and the real sample
+videos at 12 frames and 224 px, as for ViT-B/32 and B/16. The reference is always the raw decoded
+frame, never one that went through a codec already. Decode rates are
 frames/s of one thread and of `--threads` threads (the loader's threads, loader.py). Error: mean and
 maximum absolute difference from the raw frame in 8-bit levels, and PSNR. Last, the README's disk
 table: the measured bytes of a real JPEG frame times each dataset's frames (its videos × the preset's
@@ -17,6 +19,7 @@ line it prints, in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -44,8 +47,23 @@ VIDEOS = {
 TOKEN_BYTES = {"ViT-B/32": (1 + 49) * 768 * 2, "ViT-B/16": (1 + 196) * 768 * 2}
 
 
+def video_frames(folder: Path, limit: int, num_frames: int = 6, size: int = 64) -> np.ndarray:
+    """Up to `limit` frames of the videos of a folder (sorted), as the frames stage samples them."""
+    out, n = [], 0
+    for path in sorted(folder.iterdir()):
+        clip = read_clip(path, None, None, num_frames, size)
+        out.append(clip.frames[: clip.num_valid])
+        n += clip.num_valid
+        if n >= limit:
+            break
+    return np.concatenate(out)[:limit]
+
+
 def folder_frames(folder: Path, limit: int) -> np.ndarray:
-    """Up to `limit` valid frames of a frames folder, in index order."""
+    """Up to `limit` valid frames of a frames folder stored raw, in index order."""
+    fmt = json.loads((folder / "meta.json").read_text()).get("format", "raw")
+    if fmt != "raw":
+        raise SystemExit(f"{folder} holds {fmt} frames: the reference must be raw (frames.format: raw), not a codec's output.")
     index, shards = open_frames(folder)
     out, n = [], 0
     for row in index.itertuples():
@@ -152,8 +170,9 @@ def disk_table(frames: np.ndarray) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=Path, default=Path("data/synthetic/frames"), help="a raw frames folder")
-    parser.add_argument("--limit", type=int, default=2000, help="frames taken from --frames")
+    parser.add_argument("--videos", type=Path, default=Path("data/synthetic/raw/videos"), help="videos sampled at 64 px")
+    parser.add_argument("--frames", type=Path, default=None, help="instead of --videos: a frames folder stored raw")
+    parser.add_argument("--limit", type=int, default=2000, help="frames taken from --videos / --frames")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=224, help="frame size of the real samples")
     parser.add_argument("--no-samples", action="store_true")
@@ -163,8 +182,11 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}, torch {torch.__version__}"
     )
     lines = []
-    if (args.frames / "index.parquet").is_file():
+    if args.frames is not None:
         lines += table(f"frames folder {args.frames}", folder_frames(args.frames, args.limit), args.threads)
+    elif args.videos.is_dir():
+        frames = video_frames(args.videos, args.limit)
+        lines += table(f"videos of {args.videos} (6 frames a video, as the default samples them)", frames, args.threads)
     if SAMPLES.is_dir() and not args.no_samples:
         samples = sample_frames(args.size)
         lines += table(f"real samples ({SAMPLES.name}/, 12 frames a video)", samples, args.threads)

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -90,7 +89,10 @@ def write_source(source: Path, videos: int, distinct: int, seconds: tuple[float,
 
 
 def run(args: list[str], cwd: Path) -> str:
+    """A command in `cwd`, with the package of `cwd`/src when there is one (the clone's own code)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    if (cwd / "src" / "mascot").is_dir():
+        env["PYTHONPATH"] = str(cwd / "src")
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(args)} failed in {cwd}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -57,8 +57,8 @@ def test_mascot_step_benchmark_prints_the_ratio():
     assert row.rstrip(" |").endswith("×")
 
 
-def test_frame_formats_benchmark_measures_every_format(tmp_path, tiny_frames):
-    out = _run("benchmarks/frame_formats.py", "--frames", str(tiny_frames), "--limit", "20", "--no-samples")
+def test_frame_formats_benchmark_measures_every_format(tmp_path, tiny_raw):
+    out = _run("benchmarks/frame_formats.py", "--videos", str(tiny_raw / "videos"), "--limit", "20", "--no-samples")
     rows = [line.split(" | ")[0].lstrip("| ") for line in out.splitlines() if line.startswith("| ") and "frame" not in line]
     assert rows == ["raw", "jpeg q95", "jpeg q90", "webp q95", "webp q90"]
 
