@@ -105,6 +105,7 @@ def make_project(project: Path, source: Path, cfg: argparse.Namespace) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params.update({"datasets": [DATASET], "variants": [VARIANT], "seeds": [SEED]})
     params["data"][DATASET].update({"source_dir": str(source), "link_placed": True, "verify_placed": False})
+    params["data"][DATASET]["val_videos"] = min(500, cfg.videos * 9 // 10 // 5)  # MSR-VTT's 500, or a fifth of a small train list
     params["clip"]["pretrained"] = None
     params["train"].update({"epochs": 1, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size})
     params["evaluate"]["max_videos"] = cfg.max_videos
@@ -131,7 +132,7 @@ def measured_stage(stage: str, project: Path) -> dict:
     before = written(project)
     probe = (
         "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode; "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r)"
+        "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r)"
     )
     start = time.perf_counter()
     out = run([sys.executable, "-c", probe, "dvc", "repro", "-s", stage], project)
@@ -140,7 +141,7 @@ def measured_stage(stage: str, project: Path) -> dict:
     return {
         "stage": stage,
         "seconds": seconds,
-        "rss_gib": int(out.strip().splitlines()[-1]) / 2**20,
+        "rss_gib": int(next(line for line in out.splitlines() if line.startswith("MAXRSS_KIB")).split()[1]) / 2**20,
         "bytes": after[0] - before[0],
         "files": after[1] - before[1],
     }
