@@ -22,15 +22,18 @@ def test_too_little_free_space_fails_before_decoding(tmp_path, tiny_raw, tiny_an
     with pytest.raises(
         MascotError, match=r"The frames stage needs 1\.4 MB in .*\.frames\.partial, but only 0\.6 MB is free there\. Free space"
     ):
-        frames.run(_params(tiny_params, workers=1), tiny_annotations, tiny_raw / "videos", out)
+        frames.run(_params(tiny_params, workers=1, format="raw"), tiny_annotations, tiny_raw / "videos", out)
+    with pytest.raises(MascotError, match=r"The frames stage needs 0\.7 MB"):  # compressed: half the raw bytes, an upper bound
+        frames.run(_params(tiny_params, workers=1, format="jpeg"), tiny_annotations, tiny_raw / "videos", out)
     assert not out.exists() and not list(frames.work_dir(out).glob("*.npy"))  # nothing decoded
 
 
-def test_features_check_the_space_too(tmp_path, tiny_frames, tiny_annotations, tiny_params, monkeypatch):
+def test_features_check_the_space_too(tmp_path, tiny_frames, tiny_annotations, tiny_prefix_params, monkeypatch):
+    """K < L: the token cache's size is checked before anything is encoded."""
     free = shutil.disk_usage(tmp_path)._replace(free=1000)
     monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: free)
     with pytest.raises(MascotError, match=r"The features stage needs .* MB in .*, but only 0\.0 MB is free"):
-        features.run(tiny_params, tiny_annotations, tiny_frames, tmp_path / "features")
+        features.run(tiny_prefix_params, tiny_annotations, tiny_frames, tmp_path / "features")
     assert not (tmp_path / "features").exists()
 
 
@@ -45,7 +48,9 @@ def test_a_full_disk_while_writing_is_the_usual_error_not_a_signal(
     with pytest.raises(
         MascotError, match=r"frames: the disk of .*\.frames\.partial is full \(No space left on device\); nothing half-written"
     ):
-        frames.run(_params(tiny_params, workers=1), tiny_annotations, tiny_raw / "videos", out)
+        frames.run(
+            _params(tiny_params, workers=1, format="raw"), tiny_annotations, tiny_raw / "videos", out
+        )  # memory-mapped shards
     assert not out.exists() and list(frames.work_dir(out).iterdir()) == []  # no shard was taken for finished
 
 

@@ -284,7 +284,7 @@ class PatchEmbedding(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (n, S, S, 3) on the module's device → tokens (n, 1 + N, width), in fp32 whatever the
         autocast around it: the frozen embedding is a few per cent of the tower, computed exactly (as
-        the fp32 token cache was)."""
+        the token cache was computed, before being stored in fp16)."""
         with torch.autocast(frames.device.type, enabled=False):
             x = frames.permute(0, 3, 1, 2).float().div_(255.0).sub_(self.mean).div_(self.std)  # in place: one float copy
             x = self.conv1(x).flatten(2).transpose(1, 2)

@@ -79,7 +79,7 @@ class FramesConfig(Section):
         "jpeg",
         description="how frames are stored: JPEG or WebP image files, decoded where batches are assembled (loader "
         "threads, or the main thread with loader_workers: 0), or raw uint8 (no decoding); bytes, decode rates and "
-        "metrics per format in docs/benchmarks.md, 'Frame formats'",
+        "the default's metrics with JPEG in docs/benchmarks.md, 'Frame formats'",
     )
     quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality of compressed frames (raw ignores it)")
 
@@ -159,7 +159,7 @@ class TrainConfig(ComputeConfig):
         None,
         ge=1,
         description="smoke runs of a full-size dataset only (benchmarks/rehearsal.py): at most this many steps an epoch, "
-        "from the epoch's shuffled order; null: every batch",
+        "from the epoch's shuffled order (the lr schedule then spans epochs × max_steps); null: every batch",
     )
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""The frames stage: decode every video once into memory-mappable uint8 shards, in parallel, resumably.
+"""The frames stage: decode every video once into shards (JPEG files or raw uint8), in parallel, resumably.
 
 Output folder layout (one artifact, replaced atomically):
   {split}-{k:05d}.npy   the frames of up to shard_size videos, in `frames.format` (frame_store.py: raw

@@ -23,8 +23,9 @@ from .config import VariantConfig
 from .errors import MascotError
 
 log = logging.getLogger(__name__)
-#: Frames embedded a pass: bounds the float copies of an evaluation batch of 64-frame videos (256 × 64
-#: frames at 224 px would be 10 GB each); no training or evaluation batch of the default reaches it.
+#: Frames embedded a pass: bounds the float copy of the stem's input for an evaluation batch of 64-frame
+#: videos (256 × 64 frames at 224 px would be 10 GB); the tokens it returns are as large as before.
+#: No training or evaluation batch of the default reaches it.
 STEM_CHUNK = 4096
 
 
