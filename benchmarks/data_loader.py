@@ -123,7 +123,7 @@ class _Keyed(Dataset):
 
 def step_flops_per_frame(model: str, masked: bool) -> float:
     """FLOPs of one training step (forward + backward) per frame, counted on the CPU."""
-    clip = create_clip(ClipConfig(model=model))
+    clip = create_clip(ClipConfig(model=model, pretrained=None))
     blocks = len(clip.visual.transformer.resblocks)
     variant = VariantConfig(temporal="meanP", mask=MaskConfig() if masked else None)
     objective = Objective(RetrievalModel(clip, blocks, variant, FRAMES), variant).train()

@@ -24,6 +24,7 @@ import multiprocessing
 import platform
 import resource
 import statistics
+from queue import Empty
 
 import torch
 
@@ -65,7 +66,7 @@ def measure(
     torch.set_num_threads(threads)
     depth = vision_layers(model_name)
     variant = VariantConfig(temporal="meanP", mask=MaskConfig())
-    clip = create_clip(ClipConfig(model=model_name))
+    clip = create_clip(ClipConfig(model=model_name, pretrained=None))
     torch.manual_seed(0)
     cached_blocks = k if design == "cached frozen blocks (inexact)" else depth
     model = RetrievalModel(clip, cached_blocks, variant, frames)
@@ -85,7 +86,13 @@ def run_isolated(*args) -> tuple[float, float]:
     queue = ctx.Queue()
     proc = ctx.Process(target=measure, args=(*args, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a child that dies (an error, printed above) must not leave the parent waiting forever
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"the measuring process ended without a result (exit code {proc.exitcode})") from None
     proc.join()
     return result
 

@@ -81,7 +81,7 @@ def inputs(cfg: dict, model: str, device: torch.device) -> tuple[torch.Tensor, t
 
 def reference_rows(cfg: dict, model: str, device: torch.device, precision: str):
     """The whole tower's inference on frames already on the device, for reference."""
-    clip = create_clip(ClipConfig(model=model)).to(device).eval()
+    clip = create_clip(ClipConfig(model=model, pretrained=None)).to(device).eval()
     size = model_config(model)["vision_cfg"]["image_size"]
     images = torch.randn(cfg["image_batch"], 3, size, size, device=device)
 
@@ -101,7 +101,7 @@ def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
     for name, masking in OBJECTIVES.items():
         variant = VariantConfig(temporal="meanP", mask=masking)
         torch.manual_seed(0)
-        retrieval = RetrievalModel(create_clip(ClipConfig(model=model)), blocks, variant, cfg["frames"])
+        retrieval = RetrievalModel(create_clip(ClipConfig(model=model, pretrained=None)), blocks, variant, cfg["frames"])
         retrieval.set_grad_checkpointing(True)
         objective = Objective(retrieval, variant).to(device).train()
         if name == "meanP":

@@ -33,7 +33,7 @@ DEFAULT_CONFIGS = {"mascot-tiny": (32, 8, 4, 32), "ViT-B-32": (4, 12, 12, 32)}
 def step_times(
     variant: VariantConfig, model_name: str, batch: int, frames: int, blocks: int, words: int, repeats: int, warmup: int
 ) -> list[float]:
-    clip = create_clip(ClipConfig(model=model_name))
+    clip = create_clip(ClipConfig(model=model_name, pretrained=None))
     per_frame = tokens_per_frame(model_name)
     torch.manual_seed(0)
     objective = Objective(RetrievalModel(clip, blocks, variant, frames), variant).train()

@@ -99,7 +99,7 @@ def kept_bytes(fn, checkpointing: bool) -> int:
 def build(model_name: str, variant_name: str, frames: int) -> tuple[Objective, tuple[int, ...]]:
     params = load_params()
     variant = params.variant(variant_name)
-    clip = create_clip(ClipConfig(model=model_name))
+    clip = create_clip(ClipConfig(model=model_name, pretrained=None))
     blocks = vision_layers(model_name)  # K = L, the paper recipe
     return Objective(RetrievalModel(clip, blocks, variant, frames), variant).train(), tokens_per_frame(model_name)
 

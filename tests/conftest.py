@@ -29,8 +29,10 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.heavy)
 
 
-def tiny_params_dict() -> dict:
-    """The repository's params.yaml shrunk to seconds: the lightning-hydra style debug preset."""
+def tiny_params_dict(pretrained: bool = False) -> dict:
+    """The repository's params.yaml shrunk to seconds: the lightning-hydra style debug preset. Unit
+    tests build random towers (`clip.pretrained: null`); the project copies keep the default's
+    pretrained start (`pretrained`), so their `dvc repro` runs the pretrain stage too."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw = copy.deepcopy(raw)
     raw["data"]["synthetic"].update({"videos": {"train": 16, "val": 6, "test": 6}, "min_seconds": 0.5, "max_seconds": 1.5})
@@ -39,6 +41,9 @@ def tiny_params_dict() -> dict:
     raw["train"].update({"epochs": 1, "batch_size": 8})
     raw["variants"], raw["seeds"] = ["meanP", "mascot"], [0]  # the base model and MASCOT, one seed
     raw["ablation"]["variants"] = ["random_masks"]  # one ablation run, so the ablation stages run too
+    raw["pretrain"].update({"images": 96, "epochs": 1, "batch_size": 32, "eval_renders": 1})  # the pretrain stage in seconds
+    if not pretrained:
+        raw["clip"]["pretrained"] = None
     return raw
 
 

@@ -38,7 +38,9 @@ def global_batch(b: int = 6, t: int = 3, words: int = 10):
 def main(out: str, variant: str) -> None:
     rank, size = distributed.init_from_env()
     torch.manual_seed(0)
-    objective = Objective(RetrievalModel(create_clip(ClipConfig()), 4, VARIANTS[variant], 3), VARIANTS[variant]).train()  # K = L
+    objective = Objective(
+        RetrievalModel(create_clip(ClipConfig(pretrained=None)), 4, VARIANTS[variant], 3), VARIANTS[variant]
+    ).train()  # K = L
     trainer = torch.nn.parallel.DistributedDataParallel(objective) if size > 1 else objective
     tokens, mask, text = global_batch()
     rows = distributed.shard(torch.arange(len(tokens)), rank, size)

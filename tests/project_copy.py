@@ -41,7 +41,7 @@ def copy_project(dest: Path) -> Path:
             continue
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, dest / name)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(pretrained=True), sort_keys=False))
     sh(["git", "init", "-q"], dest)
     commit(dest, "init")
     return dest

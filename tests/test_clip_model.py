@@ -21,7 +21,7 @@ from mascot.errors import ConfigError
 @pytest.fixture(scope="module")
 def clip():
     torch.manual_seed(0)
-    return create_clip(ClipConfig(model="mascot-tiny"))
+    return create_clip(ClipConfig(model="mascot-tiny", pretrained=None))
 
 
 def uint8_frames(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -111,7 +111,7 @@ def test_objective_and_check_split_give_one_k_equal_l_message():
 
     variant = load_params(REPO / "params.yaml").variant("mascot")
     with pytest.raises(ConfigError) as error:
-        Objective(RetrievalModel(create_clip(ClipConfig()), 2, variant, 2), variant)
+        Objective(RetrievalModel(create_clip(ClipConfig(pretrained=None)), 2, variant, 2), variant)
     assert str(error.value) == masking_needs_whole_tower(2, 4)
     assert str(error.value).startswith("This variant masks patches (`objective: mascot`), but `train.trainable_blocks: 2`")
     with pytest.raises(ConfigError, match=r"^`train --variant` lists `mascot`, which mask patches.* of mascot-tiny\."):
@@ -129,7 +129,7 @@ def test_a_state_dict_file_must_say_its_activation(tmp_path, clip):
     path = tmp_path / "tiny.pt"
     torch.save(clip.state_dict(), path)
     with pytest.raises(ConfigError, match="state-dict file, which does not record the activation.*clip.weights_activation"):
-        create_clip(ClipConfig(model="mascot-tiny", pretrained=str(path)))
+        create_clip(ClipConfig(model="mascot-tiny", pretrained=str(path), weights_activation=None))
     with pytest.raises(ConfigError, match=r"trained with QuickGELU.*quick_gelu.: true"):  # no -quickgelu sibling config
         create_clip(ClipConfig(model="mascot-tiny", pretrained=str(path), weights_activation="quick_gelu"))
 
@@ -157,7 +157,7 @@ def _preset_models() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def vit_b_32_quickgelu():
-    return create_clip(ClipConfig(model=_preset_models()["vit-b-32"]))
+    return create_clip(ClipConfig(model=_preset_models()["vit-b-32"], pretrained=None))
 
 
 @pytest.mark.parametrize("backbone", ["vit-b-32", "vit-b-16"])
@@ -174,7 +174,7 @@ def test_every_preset_backbone_builds_the_activation_of_openai_weights(backbone,
     assert len(composed) == 4 and all(o["clip.pretrained"] == "openai" for o in composed)
     for o in composed:  # every preset's own pair: the registry's tag and the config agree
         check_activation(ClipConfig(model=o["clip.model"], pretrained=o["clip.pretrained"]))
-    model = create_clip(ClipConfig(model=composed[0]["clip.model"]))
+    model = create_clip(ClipConfig(model=composed[0]["clip.model"], pretrained=None))
     for tower in (model.visual.transformer, model.transformer):
         assert all(isinstance(block.mlp.gelu, QuickGELU) for block in tower.resblocks)
 
@@ -266,7 +266,7 @@ def test_building_without_weights_does_not_relay_open_clips_random_init_warning(
     import logging
 
     with caplog.at_level(logging.WARNING):
-        create_clip(ClipConfig())
+        create_clip(ClipConfig(pretrained=None))
         logging.getLogger().warning("another warning")
     messages = [r.getMessage() for r in caplog.records]
     assert not any(m.startswith("No pretrained weights loaded") for m in messages)

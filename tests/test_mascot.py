@@ -26,7 +26,7 @@ MASCOT = VariantConfig(temporal="meanP", mask=MaskConfig())
 
 
 def _objective(variant: VariantConfig = MASCOT, frames: int = 4) -> tuple[Objective, torch.nn.Module]:
-    clip = create_clip(ClipConfig())
+    clip = create_clip(ClipConfig(pretrained=None))
     torch.manual_seed(0)
     return Objective(RetrievalModel(clip, K, variant, frames), variant), clip
 
@@ -50,7 +50,7 @@ def _batch(b: int = 4, t: int = 4, n_patches: int = 16, width: int = 128, words:
     "name", ["mascot-tiny", pytest.param("ViT-B-32", marks=pytest.mark.heavy), pytest.param("ViT-B-16", marks=pytest.mark.heavy)]
 )
 def test_runner_with_every_block_matches_open_clip(name):
-    clip = create_clip(ClipConfig(model=name))
+    clip = create_clip(ClipConfig(model=name, pretrained=None))
     depth = len(clip.visual.transformer.resblocks)
     size = clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size
     frames = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -67,7 +67,7 @@ def test_runner_with_every_block_matches_open_clip(name):
 
 
 def test_block_with_attention_is_the_block():
-    clip = create_clip(ClipConfig())
+    clip = create_clip(ClipConfig(pretrained=None))
     block = clip.visual.transformer.resblocks[-1]
     x = torch.randn(3, 17, 128)
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_block_with_attention_is_the_block():
 
 
 def test_dropped_patches_have_no_influence():
-    clip = create_clip(ClipConfig())
+    clip = create_clip(ClipConfig(pretrained=None))
     top = VisionTop(clip.visual, K)
     tokens = torch.randn(2, 17, 128)
     keep = torch.tensor([[0, 3, 4, 9], [1, 2, 14, 15]])
@@ -122,7 +122,7 @@ def test_masked_view_is_bit_identical_when_dropped_pixels_change(name, k):
 
     params = load_params(REPO / "params.yaml")
     variant, depth = params.variant(name), 4
-    clip = create_clip(ClipConfig())
+    clip = create_clip(ClipConfig(pretrained=None))
     if k < depth:  # the cached frozen blocks would mix dropped patches into every token: refused
         with pytest.raises(ConfigError, match=r"`train.trainable_blocks: 4`"):
             check_split("mascot-tiny", k, {"variants": [name]})
@@ -155,7 +155,7 @@ def test_masked_view_is_bit_identical_when_dropped_pixels_change(name, k):
 
 def test_dropping_tokens_after_frozen_blocks_would_leak():
     """Why K < L is refused: the same drop after 2 cached blocks changes with the dropped pixels."""
-    clip = create_clip(ClipConfig())
+    clip = create_clip(ClipConfig(pretrained=None))
     prefix, top = VisionPrefix(clip.visual, 2), VisionTop(clip.visual, 2)
     images = _images(4, 3)
     visible = torch.arange(8, 16).expand(4, 8)

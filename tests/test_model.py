@@ -9,7 +9,9 @@ from mascot.train import optimizer_for
 
 def _model(temporal: str, frames: int = 4) -> RetrievalModel:
     torch.manual_seed(0)
-    return RetrievalModel(create_clip(ClipConfig()), 2, VariantConfig(temporal=temporal, temporal_layers=3), frames).eval()
+    return RetrievalModel(
+        create_clip(ClipConfig(pretrained=None)), 2, VariantConfig(temporal=temporal, temporal_layers=3), frames
+    ).eval()
 
 
 def _tokens(b=3, t=4):

@@ -52,10 +52,11 @@ def test_tables_mean_std_order_and_layout(tmp_path, tiny_params):
     out = tmp_path / "tables"
     tables.run(_params(tiny_params), "synthetic", [metrics / "synthetic"], out / "synthetic")
     # the default writes `tables:` (main); the ablation stage writes `ablation.tables` elsewhere
-    assert sorted(p.name for p in (out / "synthetic").iterdir()) == ["main.csv", "main.md", "main.tex"]
+    mechanism = ["mechanism.csv", "mechanism.md"]  # where masks fall: every stage writes it (foreground.py)
+    assert sorted(p.name for p in (out / "synthetic").iterdir()) == ["main.csv", "main.md", "main.tex", *mechanism]
     tables.run(_params(tiny_params), "synthetic", [metrics / "synthetic"], out / "ablation", ablation=True)
     assert sorted(p.name for p in (out / "ablation").iterdir()) == sorted(
-        f"{t}.{ext}" for t in ("ablation", "mask_ratio", "mask_score") for ext in ("md", "csv", "tex")
+        [f"{t}.{ext}" for t in ("ablation", "mask_ratio", "mask_score") for ext in ("md", "csv", "tex")] + mechanism
     )
     md = (out / "synthetic" / "main.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
@@ -252,7 +253,7 @@ def test_synthetic_tables_show_the_ceiling_and_real_ones_do_not(tmp_path, tiny_p
     assert main(["--params", str(REPO / "params.yaml"), *args, "--ceiling", str(ceiling)]) == 0
     tables.run(params, "synthetic", [metrics / "synthetic"], tmp_path / "syn", ceiling_path=ceiling)
     tables.run(params, "synthetic", [metrics / "synthetic"], tmp_path / "abl", ablation=True, ceiling_path=ceiling)
-    for md in [tmp_path / "syn" / "main.md", *(tmp_path / "abl").glob("*.md")]:
+    for md in [tmp_path / "syn" / "main.md", *(m for m in (tmp_path / "abl").glob("*.md") if m.stem != tables.MECHANISM_TABLE)]:
         text = md.read_text()
         assert tables.CEILING_HEADING in text and tables.CEILING_LABEL in text, md
     ceiling = pd.read_csv(tmp_path / "syn" / "main.csv").set_index("status").loc["ceiling"]

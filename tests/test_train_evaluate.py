@@ -50,6 +50,12 @@ def test_store_refuses_another_frames_folder(tmp_path, tiny_features, tiny_frame
     index.iloc[::-1].to_parquet(other / "index.parquet", index=False)  # the same files, another order
     with pytest.raises(MascotError, match="another frames folder"):
         FeatureStore.open(tiny_features, other)
+    shutil.copy(tiny_frames / "index.parquet", other / "index.parquet")
+    FeatureStore.open(tiny_features, other)  # the same folder again
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps(meta | {"quality": meta["quality"] - 10}))  # the same videos at another quality
+    with pytest.raises(MascotError, match="another frames folder"):
+        FeatureStore.open(tiny_features, other)
     with pytest.raises(MascotError, match="has no frames index"):
         FeatureStore.open(tiny_features, tmp_path / "nowhere")
 
@@ -120,13 +126,15 @@ def test_train_then_evaluate(tmp_path, tiny_features, tiny_params):
     params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"epochs": 2})})
     train.run(params, tiny_features, "synthetic", "seqTransf", 0, model_out, log_out)
     rows = list(csv.DictReader(log_out.open()))
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # epoch 0: the model before any step
+    assert rows[0]["loss"] == "" and rows[0]["step"] == "0"
+    rows_trained = rows[1:]
     steps = list(csv.DictReader((tmp_path / "log.steps.csv").open()))
     assert [int(r["step"]) for r in steps] == list(range(1, int(rows[-1]["step"]) + 1))
     assert (tmp_path / "log.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the training-curve image
-    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert all(np.isfinite(float(r["loss"])) for r in rows_trained)
     model, meta = load_checkpoint(model_out)
-    best = max(rows, key=lambda r: float(r["val_score"]))
+    best = max(rows_trained, key=lambda r: float(r["val_score"]))  # epoch 0 is never selected
     assert meta["best_epoch"] == int(best["epoch"])
 
     evaluate.run(params, tiny_features, model_out, metrics_out)
@@ -200,7 +208,8 @@ def test_training_is_deterministic(tmp_path, tiny_features, tiny_params, variant
 def test_mascot_trains_logs_its_terms_and_saves_only_the_inference_model(tmp_path, tiny_features, tiny_params):
     model_out, log_out = tmp_path / "m.pt", tmp_path / "log.csv"
     train.run(tiny_params, tiny_features, "synthetic", "mascot", 0, model_out, log_out)
-    row = next(csv.DictReader(log_out.open()))
+    start, row = list(csv.DictReader(log_out.open()))[:2]  # epoch 0 (before training) has no loss
+    assert all(start[k] == "" for k in ("loss", "nce", "nce_masked", "kl", "isc"))
     assert all(np.isfinite(float(row[k])) for k in ("loss", "nce", "nce_masked", "kl", "isc"))
     ckpt = torch.load(model_out, weights_only=True)
     assert not any("decoder" in k for k in ckpt["state_dict"])

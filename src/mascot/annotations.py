@@ -3,6 +3,10 @@
 One row per caption (for paragraph datasets: one row per video, the joined paragraph in `caption`).
 `start`/`end` are seconds within the video; NaN means the start or the end of the whole video.
 `video_path` is relative to the dataset's video root.
+
+Beside it the stage writes the foreground table (FOREGROUND_COLUMNS): one row a frame of a video
+whose source knows where its foreground is (the synthetic generator's boxes, pixels, x1/y1
+exclusive, NaN for a frame without foreground), empty for real datasets (foreground.py uses it).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from .errors import MascotError
 
 COLUMNS = ("video_id", "split", "caption_id", "caption", "start", "end", "video_path")
 SPLITS = ("train", "val", "test")
+FOREGROUND_COLUMNS = ("video_id", "frame", "frames", "fps", "width", "height", "x0", "y0", "x1", "y1")
 
 
 def normalize(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -58,6 +63,14 @@ def normalize(df: pd.DataFrame, source: str) -> pd.DataFrame:
 def write_table(df: pd.DataFrame, path: Path) -> None:
     with atomic_file(path) as tmp:
         df.to_parquet(tmp, index=False)
+
+
+def foreground_table(rows: list[dict]) -> pd.DataFrame:
+    """The foreground table of rows with FOREGROUND_COLUMNS (none: the empty table of a real dataset)."""
+    return pd.DataFrame(rows, columns=list(FOREGROUND_COLUMNS)).astype(
+        {"video_id": str, "frame": "int64", "frames": "int64", "fps": float, "width": "int64", "height": "int64"}
+        | {c: float for c in ("x0", "y0", "x1", "y1")}
+    )
 
 
 def read_table(path: Path) -> pd.DataFrame:

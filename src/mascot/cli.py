@@ -38,8 +38,16 @@ def _annotations(args, params):
     table = source.read_annotations(args.raw)
     write_table(table, args.out)
     logging.getLogger("mascot").info("annotations %s: %s", args.dataset, summary(table))
+    if args.foreground is not None:
+        write_table(source.foreground(args.raw), args.foreground)
     if args.ceiling is not None:
         write_json(args.ceiling, {"dataset": args.dataset, "split": "test", "ceiling": source.ceiling(args.raw, "test")})
+
+
+def _pretrain(args, params):
+    from . import pretrain
+
+    pretrain.run(params, args.out, args.metrics)
 
 
 def _frames(args, params):
@@ -66,7 +74,16 @@ def _train(args, params):
         launch(params.train.processes, args.argv, params.train.device)  # the same command in every process, under torchrun
         return
     train.run(
-        params, args.features, args.dataset, args.variant, args.seed, args.model_out, args.log_out, args.state_dir, args.frames
+        params,
+        args.features,
+        args.dataset,
+        args.variant,
+        args.seed,
+        args.model_out,
+        args.log_out,
+        args.state_dir,
+        args.frames,
+        args.foreground,
     )
 
 
@@ -147,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSON to write: the test split's ceiling, null where the dataset cannot know it",
     )
+    p.add_argument(
+        "--foreground",
+        type=Path,
+        default=None,
+        help="parquet to write: per-frame foreground boxes where the dataset knows them (synthetic), else empty",
+    )
+
+    p = stage(
+        "pretrain",
+        _pretrain,
+        "Pretrain the embedded default's CLIP on generated image-caption pairs (when clip.pretrained names its checkpoint).",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder to create: clip.pt, the checkpoint clip.pretrained names")
+    p.add_argument("--metrics", type=Path, required=True, help="JSON to write: zero-shot R@k on held-out images, loss per epoch")
 
     p = stage("frames", _frames, "Decode uniformly sampled frames of every video into uint8 shards.")
     p.add_argument("--dataset", required=True)
@@ -170,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-out", type=Path, required=True, help="per-epoch CSV log to write")
     p.add_argument(
         "--state-dir", type=Path, default=None, help="where the resumable training state is kept (outside the outputs)"
+    )
+    p.add_argument(
+        "--foreground",
+        type=Path,
+        default=None,
+        help="the annotations stage's foreground.parquet: masked variants log where their masks fall (foreground.py)",
     )
 
     p = stage("evaluate", _evaluate, "Text→video and video→text metrics on the test split.")

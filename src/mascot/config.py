@@ -43,11 +43,12 @@ class ClipConfig(Section):
         description="open_clip model name (built-in such as ViT-B-32, or one of src/mascot/model_configs)",
     )
     pretrained: str | None = Field(
-        None,
-        description="open_clip pretrained tag (needs the network once), a local checkpoint file, or null for random weights",
+        "models/pretrain/clip.pt",
+        description="open_clip pretrained tag (needs the network once), a local checkpoint file, or null for random "
+        "weights; the embedded default's is the pretrain stage's checkpoint (src/mascot/pretrain.py)",
     )
     weights_activation: Literal["quick_gelu", "gelu"] | None = Field(
-        None,
+        "gelu",
         description="the activation a state-dict file in `pretrained` was trained with (quick_gelu: OpenAI's CLIP); "
         "required for such a file, checked against the model config (tags and TorchScript archives say it themselves)",
     )
@@ -84,6 +85,19 @@ class FramesConfig(Section):
     quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality of compressed frames (raw ignores it)")
 
 
+class PretrainConfig(Section):
+    """The embedded default's image–caption pretraining of its tiny CLIP (src/mascot/pretrain.py)."""
+
+    images: int = Field(12800, ge=2, description="generated still images (one caption each) in the pretraining pool")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(128, ge=2, description="image-caption pairs per step (in-batch negatives)")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.2, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, le=1)
+    seed: int = Field(0, description="draws the images and their order (the weights start from clip.init_seed)")
+    eval_renders: int = Field(3, ge=1, description="held-out images per colour × shape × size, for zero-shot R@k")
+
+
 class ComputeConfig(Section):
     """Where a stage computes (features, train, evaluate: one selection, devices.py)."""
 
@@ -114,7 +128,7 @@ class TrainConfig(ComputeConfig):
         description="K: top vision blocks trained (below L on cached tokens, at L from the frames); masked variants need "
         "K = L (docs/model.md, section 'Exact masking')",
     )
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=2, description="video-caption pairs per step (in-batch negatives)")
     lr: float = Field(5e-4, gt=0, description="learning rate of the new modules")
     clip_lr_scale: float = Field(1.0, gt=0, description="CLIP weights train at lr * clip_lr_scale (1e-7 / 1e-4 in CLIP4Clip)")
@@ -305,6 +319,7 @@ class Params(Section):
     seeds: list[int] = Field(min_length=1, description="training seeds; tables show mean ± std over them")
     data: dict[str, dict | None] = Field(description="per-dataset settings, validated by the dataset registry")
     clip: ClipConfig
+    pretrain: PretrainConfig = PretrainConfig()
     frames: FramesConfig
     features: FeaturesConfig
     train: TrainConfig

@@ -106,6 +106,8 @@ def run(params: Params, features_dir: Path, checkpoint: Path, out: Path, frames_
     result.update(
         {k: meta[k] for k in ("dataset", "variant_name", "seed", "best_epoch")}
         | {"selected_on": f"val {meta['selection_metric']}"}
+        # training's record on val (foreground.py; the ISC loss of the selected epoch), for the tables
+        | {k: meta.get(k) for k in ("foreground", "selected_isc")}
     )
     write_json(out, result)
     log.info(

@@ -56,8 +56,11 @@ def encode_frames(prefix: VisionPrefix, frames: torch.Tensor, batch_size: int, p
 
 
 def frames_digest(frames_dir: Path) -> str:
-    """What a features folder made at K = L records of its frames folder, to refuse another one."""
-    return hashlib.sha256((Path(frames_dir) / INDEX).read_bytes()).hexdigest()
+    """What a features folder made at K = L records of its frames folder, to refuse another one: its
+    index and its meta.json (format and quality too: the same videos re-extracted as other pixels differ)."""
+    digest = hashlib.sha256((Path(frames_dir) / INDEX).read_bytes())
+    digest.update((Path(frames_dir) / "meta.json").read_bytes())
+    return digest.hexdigest()
 
 
 def video_groups(num_valid: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -188,7 +191,7 @@ class FeatureStore:
         if meta.get("vision", "tokens") == "tokens":
             shards = {name: np.load(root / name, mmap_mode="r") for name in index["shard"].unique()}
         elif not (frames_dir / INDEX).is_file() or frames_digest(frames_dir) != meta["frames_index"]:
-            what = "has no frames index" if not (frames_dir / INDEX).is_file() else "is another frames folder (its index differs)"
+            what = "has no frames index" if not (frames_dir / INDEX).is_file() else "is another frames folder (its index or meta.json differs)"
             raise MascotError(
                 f"{root} holds no video tokens (K = L: the model embeds the frames itself) and reads the frames folder it "
                 f"was made from, but {frames_dir} {what}. Give that folder (--frames), or rerun the features stage on this "

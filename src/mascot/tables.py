@@ -11,6 +11,11 @@ which videos (the synthetic generator), every table shows the test split's ceili
 (DatasetSource.ceiling, written by the annotations stage); the main table of a real dataset also shows published rows from the
 reference file (references/published.yaml), below another separator and with their sources.
 
+Beside them, mechanism.{md,csv}: for every masked variant of the stage, where its masks fall on the
+validation split's foreground before training and at the selected epoch, beside chance and the
+best possible share (foreground.py; only where the dataset knows its foreground), and the ISC loss
+of the selected epoch.
+
 Layout: results/tables/<dataset>/<table>.{md,csv,tex}, one folder per dataset and stage, so that a
 run over some datasets leaves the tables of the others alone.
 """
@@ -40,6 +45,25 @@ POST_HEADING = "Post-processed: DSL (dual softmax over all test queries), not co
 PUBLISHED_HEADING = "Published (not measured here)"
 CEILING_HEADING = "Ceiling of this test split: a perfect model that cannot tell apart the videos a caption fits (not a run)"
 CEILING_LABEL = "Oracle (generator attributes; expected R@k)"
+MECHANISM_TABLE = "mechanism"
+#: The mechanism table's columns: the training record the evaluate stage copies into each metrics file.
+MECHANISM_COLUMNS = {
+    "start_fg_high": "High mask on foreground, before training (%)",
+    "fg_high": "High mask on foreground, selected epoch (%)",
+    "fg_low": "Low mask on foreground, selected epoch (%)",
+    "fg_chance": "Chance: a random mask (%)",
+    "fg_best": "Best possible (%)",
+    "isc": "ISC loss, selected epoch",
+}
+
+
+def mechanism_record(data: dict) -> dict[str, float]:
+    """MECHANISM_COLUMNS of one metrics file (NaN where a run has no such record)."""
+    fg = data.get("foreground") or {}
+    selected, start = fg.get("selected") or {}, fg.get("start") or {}
+    values = {name: selected.get(name) for name in ("fg_high", "fg_low", "fg_chance", "fg_best")}
+    values |= {"start_fg_high": start.get("fg_high"), "isc": data.get("selected_isc")}
+    return {k: float("nan") if v is None else float(v) for k, v in values.items()}
 
 
 def collect(*metrics_dirs: Path) -> pd.DataFrame:
@@ -58,7 +82,12 @@ def collect(*metrics_dirs: Path) -> pd.DataFrame:
             }
             for post, values in (("none", data), ("dsl", data.get("dsl"))):
                 if values is not None:
-                    rows.append(run | {"post": post} | {f"{d}_{m}": float(values[d][m]) for d in DIRECTIONS for m in METRICS})
+                    rows.append(
+                        run
+                        | {"post": post}
+                        | {f"{d}_{m}": float(values[d][m]) for d in DIRECTIONS for m in METRICS}
+                        | mechanism_record(data)
+                    )
         except KeyError as exc:
             raise MascotError(
                 f"{path}: not a metrics file of the evaluate stage (missing {exc}); remove it or rerun evaluate."
@@ -238,6 +267,36 @@ def to_latex(sections: dict[str, list[list[str]]], notes: list[str], setting: st
     return "\n".join(lines + comments) + "\n"
 
 
+def mechanism_table(runs: pd.DataFrame, labels: dict[str, str], variants: list[str], dataset: str) -> tuple[str, pd.DataFrame]:
+    """Markdown and CSV of MECHANISM_COLUMNS, mean ± std over seeds, for the variants with a record."""
+    plain = runs[(runs["post"] == "none") & runs[list(MECHANISM_COLUMNS)].notna().any(axis=1)]
+    order = {v: i for i, v in enumerate(variants)}
+    grouped = plain.groupby("variant")
+    names = sorted(grouped.groups, key=lambda v: order.get(v, len(order)))
+    header = ["Method", "Seeds", *MECHANISM_COLUMNS.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    csv_rows = []
+    for name in names:
+        group = grouped.get_group(name)
+        cells = []
+        for column in MECHANISM_COLUMNS:
+            values = group[column].dropna()
+            mean, std = values.mean(), values.std(ddof=1)
+            cells.append("–" if values.empty else (f"{mean:.3f}" if column == "isc" else _cell(mean, std, len(values))))
+            csv_rows.append({"variant": name, "column": column, "mean": mean, "std": std, "seeds": len(values)})
+        lines.append("| " + " | ".join([labels.get(name, name), str(len(group))] + cells) + " |")
+    intro = (
+        "Where each masked variant's masks fall on the validation split's foreground (src/mascot/foreground.py): the "
+        "share of the patches a mask drops that the foreground box overlaps, averaged over frames, in %; mean ± std "
+        "over seeds. Chance is the share of all patches on the foreground (a random mask's expected share); best "
+        "possible is min(1, foreground patches / masked patches). Before training: the model the run starts from."
+    )
+    body = "\n".join(lines) if names else "No masked run of this dataset has a foreground record (real datasets have none)."
+    return f"# {dataset}: {MECHANISM_TABLE}\n\n{intro}\n\n{body}\n", pd.DataFrame(
+        csv_rows, columns=["variant", "column", "mean", "std", "seeds"]
+    )
+
+
 def _ceiling_columns(ceiling: dict) -> dict[str, float]:
     return {f"{d}_{m}": value for d in DIRECTIONS for m, value in ceiling[d].items()}
 
@@ -295,4 +354,7 @@ def run(
             pd.concat([measured_csv, missing, bound], ignore_index=True).to_csv(
                 tmp / f"{name}.csv", index=False, float_format="%.4f"
             )
+        text, frame = mechanism_table(runs, labels, variants, dataset)
+        (tmp / f"{MECHANISM_TABLE}.md").write_text(text)
+        frame.to_csv(tmp / f"{MECHANISM_TABLE}.csv", index=False, float_format="%.4f")
     log.info("tables: %s for %s → %s", _count(str(len(table_defs)), "table"), dataset, out)

@@ -1,7 +1,10 @@
 """The train stage: fit the retrieval model (on frames at K = L, cached tokens below), select the checkpoint on val.
 
 The test split is never read here. The epoch with the best validation score
-(`train.selection_metric`) is the one saved; every epoch is logged for `dvc plots`. The training
+(`train.selection_metric`) is the one saved; every epoch is logged for `dvc plots`, after a row
+for the model the run starts from (epoch 0: the pretrained or random CLIP before any step, never
+selected). A masked variant on a dataset that knows its foreground also logs where its masks
+fall (foreground.py). The training
 state is saved at every epoch end (and every `train.checkpoint_every` steps) so that an interrupted
 run continues exactly where it stopped (see resume.py).
 """
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import distributed, resume
@@ -28,6 +32,7 @@ from .devices import autocast, describe, grad_scaler, on_device, select_device
 from .errors import ConfigError, MascotError
 from .evaluate import evaluate_split
 from .features import FeatureStore
+from .foreground import SHARES, diagnose
 from .loader import prefetched
 from .model import RetrievalModel
 from .objective import Objective
@@ -155,6 +160,11 @@ class Job:
     device: torch.device
     rank: int
     processes: int
+    foreground: pd.DataFrame | None = None  # per-frame boxes (annotations stage); None or empty: no diagnostic
+
+    @property
+    def diagnoses_masks(self) -> bool:
+        return self.variant.mask is not None and self.foreground is not None and not self.foreground.empty
 
     @property
     def cfg(self) -> TrainConfig:
@@ -186,6 +196,7 @@ class Job:
                 "train_rows": len(self.train_rows),
                 "device": self.device.type,
                 "processes": self.processes,
+                "foreground": self.diagnoses_masks,
             }
         )
 
@@ -348,29 +359,47 @@ def train_epoch(job: Job, fit: Fit, state: TrainState, save: Callable[[], None])
     bar.close()
 
 
+def validation_row(job: Job, fit: Fit, epoch: int, step: int) -> dict:
+    """The model's validation columns of the epoch log: R@1 both ways, the selection score, and
+    where a masked variant's masks fall (empty where not measured)."""
+    # no DSL: selection on plain scores; on the training device, at evaluate.precision
+    val = evaluate_split(fit.model, job.store, "val", job.params.evaluate)
+    shares = (
+        diagnose(fit.model, job.variant.mask, job.store, job.foreground, "val", job.params.evaluate)
+        if job.diagnoses_masks
+        else None
+    )
+    return {
+        "epoch": epoch,
+        "step": step,
+        "val_t2v_R1": round(val["t2v"]["R1"], 4),
+        "val_v2t_R1": round(val["v2t"]["R1"], 4),
+        "val_score": round(selection_score(val, job.cfg.selection_metric), 4),
+    } | {f"val_{name}": shares[name] if shares else "" for name in SHARES}
+
+
+def log_start(job: Job, fit: Fit, state: TrainState) -> None:
+    """Epoch 0 of the log: the model the run starts from, before any step (never selected)."""
+    state.log_rows.append(validation_row(job, fit, 0, 0) | {name: "" for name in ("loss", *TERMS, "lr")})
+    log.info("epoch 0 (before training): val t2v R@1 %.1f", state.log_rows[-1]["val_t2v_R1"])
+
+
 def validate_and_select(job: Job, fit: Fit, state: TrainState, started: float) -> None:
     """Score the epoch on val, log it, and keep its weights when it is the best so far (val only:
     the test split is never read in training)."""
     cfg = job.cfg
-    # no DSL: selection on plain scores; on the training device, at evaluate.precision
-    val = evaluate_split(fit.model, job.store, "val", job.params.evaluate)
-    score = selection_score(val, cfg.selection_metric)
+    row = validation_row(job, fit, state.epoch, state.step)
+    score = row["val_score"]
     state.log_rows.append(
-        {
-            "epoch": state.epoch,
-            "step": state.step,
-            **{name: round(state.sums[name] / job.steps_per_epoch, 6) if name in state.sums else "" for name in ("loss", *TERMS)},
-            "lr": fit.optimizer.param_groups[0]["lr"],
-            "val_t2v_R1": round(val["t2v"]["R1"], 4),
-            "val_v2t_R1": round(val["v2t"]["R1"], 4),
-            "val_score": round(score, 4),
-        }
+        row
+        | {name: round(state.sums[name] / job.steps_per_epoch, 6) if name in state.sums else "" for name in ("loss", *TERMS)}
+        | {"lr": fit.optimizer.param_groups[0]["lr"]}
     )
     log.info(
         "epoch %d: loss %s, val t2v R@1 %.1f, %s %.2f (%.1f s)",
         state.epoch,
         state.log_rows[-1]["loss"],
-        val["t2v"]["R1"],
+        row["val_t2v_R1"],
         cfg.selection_metric,
         score,
         time.perf_counter() - started,
@@ -384,6 +413,7 @@ def write_outputs(job: Job, model: RetrievalModel, state: TrainState, model_out:
     """The selected epoch's checkpoint (self-describing), the epoch and step logs, and the curves."""
     cfg = job.cfg
     model.load_state_dict(state.best_state)
+    rows = {row["epoch"]: row for row in state.log_rows}
     meta = {
         "dataset": job.dataset,
         "variant_name": job.variant_name,
@@ -397,6 +427,14 @@ def write_outputs(job: Job, model: RetrievalModel, state: TrainState, model_out:
         "selection_metric": cfg.selection_metric,
         "best_epoch": state.best_epoch,
         "best_val_score": state.best,
+        # where the masks fall on val, before training and at the selected epoch (foreground.py); None: not measured
+        "foreground": {
+            "start": {name: rows[0][f"val_{name}"] for name in SHARES},
+            "selected": {name: rows[state.best_epoch][f"val_{name}"] for name in SHARES},
+        }
+        if job.diagnoses_masks
+        else None,
+        "selected_isc": rows[state.best_epoch]["isc"] if rows[state.best_epoch]["isc"] != "" else None,
     }
     save_checkpoint(model.cpu(), meta, model_out)
     write_csv(log_out, EPOCH_FIELDS, state.log_rows)
@@ -415,9 +453,11 @@ def run(
     log_out: Path,
     state_dir: Path | None = None,
     frames_dir: Path | None = None,
+    foreground_path: Path | None = None,
 ) -> None:
     """Train, resuming from `state_dir` when it holds the state of this very run; at K = L on the
-    frames of `frames_dir` (FeatureStore.open)."""
+    frames of `frames_dir` (FeatureStore.open); masked variants measure their masks against the
+    boxes of `foreground_path` (foreground.py) where it has any."""
     variant = params.variant(variant_name)
     store = FeatureStore.open(features_dir, frames_dir)
     train_rows = check_inputs(params, features_dir, store, variant_name, variant)
@@ -428,7 +468,8 @@ def run(
             "the stage as it is (`python -m mascot train …` starts its own processes), not under a launcher."
         )
     device = select_device(params.train.device)
-    job = Job(params, dataset, variant_name, variant, seed, store, train_rows, device, rank, processes)
+    foreground = pd.read_parquet(foreground_path) if foreground_path is not None else None
+    job = Job(params, dataset, variant_name, variant, seed, store, train_rows, device, rank, processes, foreground)
     log.info("train %s seed %d on %s", job.name, seed, describe(device, params.train.precision))
     warn_random_weights_at_low_lr(params)
     seed_everything(seed)
@@ -436,6 +477,8 @@ def run(
     run_id = job.fingerprint()
     state = resume_or_start(job, fit, state_dir, run_id)
     save = state_saver(job, fit, state, state_dir, run_id)
+    if not state.log_rows:
+        log_start(job, fit, state)
     while state.epoch <= job.cfg.epochs:
         started = time.perf_counter()
         train_epoch(job, fit, state, save)

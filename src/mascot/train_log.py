@@ -16,7 +16,9 @@ from .atomic import atomic_file  # noqa: E402
 
 # Loss terms are logged unweighted; the ones a variant does not use stay empty.
 TERMS = ("nce", "nce_masked", "kl", "isc")
-EPOCH_FIELDS = ("epoch", "step", "loss", *TERMS, "lr", "val_t2v_R1", "val_v2t_R1", "val_score")
+# Epoch 0 is the model before training. val_fg_*: where a masked variant's masks fall (foreground.py), empty elsewhere.
+FOREGROUND_FIELDS = ("val_fg_high", "val_fg_low", "val_fg_chance", "val_fg_best")
+EPOCH_FIELDS = ("epoch", "step", "loss", *TERMS, "lr", "val_t2v_R1", "val_v2t_R1", "val_score", *FOREGROUND_FIELDS)
 STEP_FIELDS = ("step", "epoch", "loss", *TERMS, "lr")
 
 
@@ -36,8 +38,11 @@ def write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
 
 
 def plot_curves(path: Path, title: str, step_rows: list[dict], epoch_rows: list[dict], best_epoch: int) -> None:
-    """Loss terms per step (left) and validation R@1 per epoch with the selected epoch (right)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    """Loss terms per step (left), validation R@1 per epoch from epoch 0 (the starting model) with
+    the selected epoch (middle), and where a masked variant's masks fall (right, when measured)."""
+    foreground = bool(epoch_rows) and epoch_rows[0]["val_fg_high"] != ""
+    fig, axes = plt.subplots(1, 3 if foreground else 2, figsize=(15 if foreground else 10, 3.6), dpi=100)
+    left, right = axes[0], axes[1]
     steps = [r["step"] for r in step_rows]
     for name in ("loss", *TERMS):
         values = [r[name] for r in step_rows]
@@ -49,8 +54,15 @@ def plot_curves(path: Path, title: str, step_rows: list[dict], epoch_rows: list[
     right.plot(epochs, [r["val_t2v_R1"] for r in epoch_rows], marker="o", label="text→video R@1")
     right.plot(epochs, [r["val_v2t_R1"] for r in epoch_rows], marker="o", label="video→text R@1")
     right.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"selected (epoch {best_epoch})")
-    right.set(xlabel="epoch", ylabel="R@1 (%)", title="validation")
+    right.set(xlabel="epoch (0: before training)", ylabel="R@1 (%)", title="validation")
     right.legend(fontsize=8)
+    if foreground:
+        for name, label in (("high", "high-informed mask"), ("low", "low-informed mask"), ("chance", "chance (random mask)")):
+            axes[2].plot(epochs, [r[f"val_fg_{name}"] for r in epoch_rows], marker="o", label=label)
+        axes[2].set(
+            xlabel="epoch (0: before training)", ylabel="masked patches on foreground (%)", title="where masks fall (val)"
+        )
+        axes[2].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_file(path) as tmp:

@@ -66,14 +66,19 @@ def sample_indices(total: int, fps: float, start: float | None, end: float | Non
     return [first + math.floor((i + 0.5) * available / num_frames) for i in range(num_frames)]
 
 
+def crop_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """Where resize_center_crop puts an (h, w) frame: the resized (height, width) and the crop's
+    (top, left) in it (foreground.py maps boxes with it)."""
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    return nh, nw, (nh - size) // 2, (nw - size) // 2
+
+
 def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     """Resize the short side to `size` (bicubic, antialiased, as CLIP's preprocessing) and centre-crop."""
     x = torch.from_numpy(np.require(frames, requirements=["C", "W"])).permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    nh, nw, top, left = crop_geometry(*x.shape[-2:], size)
     x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
     x = x[:, :, top : top + size, left : left + size]
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 

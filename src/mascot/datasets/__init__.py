@@ -14,6 +14,7 @@ from typing import ClassVar
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from ..annotations import foreground_table
 from ..errors import ConfigError
 
 _REGISTRY: dict[str, type[DatasetSource]] = {}
@@ -54,6 +55,12 @@ class DatasetSource(ABC):
         """R@k both ways of a perfect model on `split` (metrics.ceiling_metrics), where the source
         knows which captions fit which videos: the synthetic generator does, real datasets do not."""
         return None
+
+    def foreground(self, raw_dir: Path) -> pd.DataFrame:
+        """Where the foreground is in every frame (annotations.FOREGROUND_COLUMNS), where the source
+        knows it: the synthetic generator does; real datasets do not (an empty table, and the
+        foreground diagnostic is skipped for them)."""
+        return foreground_table([])
 
 
 def register(cls: type[DatasetSource]) -> type[DatasetSource]:

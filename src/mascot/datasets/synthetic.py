@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
-from ..annotations import SPLITS, normalize
+from ..annotations import SPLITS, foreground_table, normalize
 from ..metrics import ceiling_metrics
 from . import DatasetConfig, DatasetSource, register
 
@@ -118,9 +118,10 @@ def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float
     raise ValueError(f"unknown shape {shape}")
 
 
-def foreground_masks(rng: np.random.Generator, cfg: SyntheticConfig, attrs: dict, n_frames: int) -> np.ndarray:
+def foreground_masks(rng: np.random.Generator, cfg: SyntheticConfig, attrs: dict, progress: list[float]) -> np.ndarray:
     """Where the shape is in each frame, (n, H, W) bool: it travels across most of the frame along its
-    motion axis, at a random offset (drawn from `rng`) on the other axis."""
+    motion axis, at a random offset (drawn from `rng`) on the other axis; `progress` (0 → 1) says
+    how far along its path it is in each frame."""
     h, w = cfg.height, cfg.width
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r = SIZES[attrs["size"]] * h
@@ -128,7 +129,6 @@ def foreground_masks(rng: np.random.Generator, cfg: SyntheticConfig, attrs: dict
     travel_x, travel_y = (w - 2 * r) * 0.8, (h - 2 * r) * 0.8
     cx0 = w / 2 - ux * travel_x / 2 + (0 if ux else rng.uniform(-0.25, 0.25) * w)
     cy0 = h / 2 - uy * travel_y / 2 + (0 if uy else rng.uniform(-0.2, 0.2) * h)
-    progress = [t / max(n_frames - 1, 1) for t in range(n_frames)]
     return np.stack([_shape_mask(attrs["shape"], yy, xx, cy0 + uy * travel_y * f, cx0 + ux * travel_x * f, r) for f in progress])
 
 
@@ -136,9 +136,36 @@ def render_video(rng: np.random.Generator, cfg: SyntheticConfig, attrs: dict, n_
     """Frames (n, H, W, 3) uint8 of one foreground shape crossing a textured background, and the
     shape's masks (n, H, W) (where it was painted, in its palette colour)."""
     frames = _background(rng, cfg.height, cfg.width, n_frames)
-    masks = foreground_masks(rng, cfg, attrs, n_frames)
+    masks = foreground_masks(rng, cfg, attrs, [t / max(n_frames - 1, 1) for t in range(n_frames)])
     frames[masks] = np.array(PALETTE[attrs["colour"]], np.float32)
     return np.clip(frames, 0, 255).astype(np.uint8), masks
+
+
+def render_still(rng: np.random.Generator, cfg: SyntheticConfig, attrs: dict) -> np.ndarray:
+    """One image (H, W, 3) uint8 of the same world: the shape at a random point of its path over a
+    background of its own (the pretraining pool, pretrain.py)."""
+    frame = _background(rng, cfg.height, cfg.width, 1)[0]
+    mask = foreground_masks(rng, cfg, attrs, [float(rng.uniform())])[0]
+    frame[mask] = np.array(PALETTE[attrs["colour"]], np.float32)
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def draw_attributes(rng: np.random.Generator) -> dict:
+    return {
+        "colour": str(rng.choice(list(PALETTE))),
+        "shape": str(rng.choice(SHAPES)),
+        "size": str(rng.choice(list(SIZES))),
+        "motion": str(rng.choice(list(MOTIONS))),
+    }
+
+
+def bounding_box(mask: np.ndarray) -> list[int] | None:
+    """[x0, y0, x1, y1] in pixels (x1, y1 exclusive) of a (H, W) mask; None when it is empty (the
+    shape outside the frame)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
 
 
 def encode_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
@@ -170,12 +197,7 @@ def draw_video(cfg: SyntheticConfig, index: int) -> tuple[np.random.Generator, d
     """Video number `index`'s own generator, its attributes and its frame count (the generator then
     renders it: `render_video`)."""
     rng = np.random.default_rng([cfg.seed, index])
-    attrs = {
-        "colour": str(rng.choice(list(PALETTE))),
-        "shape": str(rng.choice(SHAPES)),
-        "size": str(rng.choice(list(SIZES))),
-        "motion": str(rng.choice(list(MOTIONS))),
-    }
+    attrs = draw_attributes(rng)
     return rng, attrs, max(2, round(rng.uniform(cfg.min_seconds, cfg.max_seconds) * cfg.fps))
 
 
@@ -184,10 +206,19 @@ def _make_video(job: tuple[SyntheticConfig, int, str, Path]) -> dict:
     cfg, index, split, video_dir = job
     rng, attrs, n_frames = draw_video(cfg, index)
     video_id = f"synth{index:05d}"
-    encode_mp4(render_video(rng, cfg, attrs, n_frames)[0], video_dir / f"{video_id}.mp4", cfg.fps)
+    frames, masks = render_video(rng, cfg, attrs, n_frames)
+    encode_mp4(frames, video_dir / f"{video_id}.mp4", cfg.fps)
     first = int(rng.integers(len(TEMPLATES)))
     captions = [caption(TEMPLATES[(first + k) % len(TEMPLATES)], attrs) for k in range(cfg.captions_per_video)]
-    return {"video_id": video_id, "split": split, "num_frames": n_frames, "attributes": attrs, "captions": captions}
+    boxes = [bounding_box(m) for m in masks]  # the foreground of every frame (foreground.py's diagnostic)
+    return {
+        "video_id": video_id,
+        "split": split,
+        "num_frames": n_frames,
+        "attributes": attrs,
+        "captions": captions,
+        "boxes": boxes,
+    }
 
 
 @register
@@ -224,6 +255,20 @@ class SyntheticDataset(DatasetSource):
             for v, w in zip(videos, writable, strict=True)
         ]
         return ceiling_metrics(caption_fits, video_fits)
+
+    def foreground(self, raw_dir: Path) -> pd.DataFrame:
+        """The shape's bounding box in every frame, as the generator drew it."""
+        meta = json.loads((Path(raw_dir) / self.ANNOTATION_FILE).read_text())
+        size = {"fps": float(meta["fps"]), "width": meta["width"], "height": meta["height"]}
+        nothing = [math.nan] * 4
+        return foreground_table(
+            [
+                {"video_id": v["video_id"], "frame": t, "frames": len(v["boxes"]), **size}
+                | dict(zip(("x0", "y0", "x1", "y1"), box or nothing, strict=True))
+                for v in meta["videos"]
+                for t, box in enumerate(v["boxes"])
+            ]
+        )
 
     def read_annotations(self, raw_dir: Path) -> pd.DataFrame:
         path = Path(raw_dir) / self.ANNOTATION_FILE
