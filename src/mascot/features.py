@@ -191,7 +191,11 @@ class FeatureStore:
         if meta.get("vision", "tokens") == "tokens":
             shards = {name: np.load(root / name, mmap_mode="r") for name in index["shard"].unique()}
         elif not (frames_dir / INDEX).is_file() or frames_digest(frames_dir) != meta["frames_index"]:
-            what = "has no frames index" if not (frames_dir / INDEX).is_file() else "is another frames folder (its index or meta.json differs)"
+            what = (
+                "has no frames index"
+                if not (frames_dir / INDEX).is_file()
+                else "is another frames folder (its index or meta.json differs)"
+            )
             raise MascotError(
                 f"{root} holds no video tokens (K = L: the model embeds the frames itself) and reads the frames folder it "
                 f"was made from, but {frames_dir} {what}. Give that folder (--frames), or rerun the features stage on this "
