@@ -83,10 +83,20 @@ def test_real_datasets_have_no_boxes(tmp_path, tiny_params):
         assert get_dataset(name, tiny_params.dataset(name)).foreground(tmp_path).empty
 
 
+def test_the_decoder_sees_as_many_frames_as_the_boxes_describe(fg_table, tiny_raw):
+    """frame_patches samples the boxes as the frames stage samples the decoded video, over the whole
+    video: that holds only while the decoder finds the generator's frame count in every file."""
+    import decord
+
+    frames = fg_table.groupby("video_id")["frames"].first()
+    for video_id, count in frames.items():
+        assert len(decord.VideoReader(str(tiny_raw / "videos" / f"{video_id}.mp4"))) == count, video_id
+
+
 def test_boxes_land_on_the_shape_in_the_stored_frames(fg_table, tiny_features, tiny_params):
-    """The frames the frames stage sampled and cropped: every patch that holds a pixel of the shape
-    (re-rendered by the generator, then sampled and cropped as the frames stage does) is a foreground
-    patch of its box."""
+    """Every patch that holds a pixel of the shape in a frame the frames stage stored (the shape's
+    masks re-rendered by the generator, sampled and cropped by the frames stage's own functions) is a
+    foreground patch of its box."""
     store = FeatureStore.open(tiny_features)
     cfg = tiny_params.dataset("synthetic")
     size, grid = 64, 4
@@ -135,6 +145,27 @@ def test_diagnose_shares_and_the_callers_random_state(fg_table, tiny_features, t
     assert foreground.diagnose(model, variant.mask, store, fg_table.iloc[:0], "val", tiny_params.evaluate) is None
 
 
+def test_the_diagnostic_draws_the_masks_training_draws(tiny_features, tiny_params):
+    from mascot.clip_model import create_clip
+    from mascot.model import RetrievalModel
+    from mascot.objective import Objective
+
+    store = FeatureStore.open(tiny_features)
+    rows = store.caption_rows("val")[:4]
+    frames, frame_mask, text = store.pairs(rows)
+    for score in ("cls_attn", "text_sim", "random"):
+        variant = tiny_params.variant("mascot").model_copy(update={"mask": MaskConfig(score=score)})
+        objective = Objective(
+            RetrievalModel(create_clip(tiny_params.clip), 4, variant, store.meta["num_frames"]), variant
+        ).train()
+        torch.manual_seed(0)
+        trained = objective.encode(frames, frame_mask, text).masks
+        torch.manual_seed(0)
+        diagnosed = foreground.video_masks(objective.model, variant.mask, frames, frame_mask, text)
+        for name in ("high", "low"):
+            assert torch.equal(trained.view(name).masked, diagnosed.view(name).masked), (score, name)
+
+
 def test_train_logs_where_the_masks_fall(tmp_path, fg_table, tiny_features, tiny_params):
     """A masked run logs the shares at epoch 0 (the starting model) and every epoch, records them in
     the checkpoint, and the evaluate stage passes them on to the tables; a base run logs none."""
@@ -175,7 +206,7 @@ def test_mechanism_table_means_over_seeds(tmp_path, tiny_params):
     tables.run(params, "synthetic", [tmp_path / "metrics" / "synthetic"], tmp_path / "out")
     md = (tmp_path / "out" / "mechanism.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| MASCOT")]
-    assert rows == ["| MASCOT (meanP) | 2 | 30.0 ± 0.0 | 45.0 ± 7.1 | 10.0 ± 0.0 | 25.0 ± 0.0 | 90.0 ± 0.0 | 0.500 |"]
+    assert rows == ["| MASCOT (meanP) | 2 | 30.0 ± 0.0 | 45.0 ± 7.1 | – | 10.0 ± 0.0 | 25.0 ± 0.0 | 90.0 ± 0.0 | 0.500 ± 0.000 |"]
     assert "baseline" not in md  # no record, no row
     frame = pd.read_csv(tmp_path / "out" / "mechanism.csv")
     assert frame.loc[frame["column"] == "fg_high", "mean"].tolist() == [45.0]

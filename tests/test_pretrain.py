@@ -49,6 +49,21 @@ def test_the_checkpoint_loads_in_open_clip_with_every_tensor_equal(pretrained):
         assert torch.equal(tensor, loaded[name]), name
 
 
+def test_the_train_stage_builds_the_tower_from_it(pretrained):
+    """clip.pretrained as params.yaml writes it (a path from the project root) through create_clip."""
+    from mascot.clip_model import create_clip
+
+    root, _ = pretrained
+    saved = torch.load(root / "models" / "pretrain" / pretrain.CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
+    cwd = pytest.MonkeyPatch()
+    cwd.chdir(root)
+    try:
+        clip = create_clip(_params().clip)
+    finally:
+        cwd.undo()
+    assert all(torch.equal(tensor, clip.state_dict()[name]) for name, tensor in saved.items())
+
+
 def test_pretraining_learns_the_generated_world(pretrained):
     """Zero-shot text→image R@1 over the 80 held-out colour × shape × size images, above chance and
     above the same model before pretraining; the loss falls."""

@@ -30,6 +30,7 @@ from .devices import autocast, on_device
 from .errors import MascotError
 from .evaluate import split_rows
 from .features import FeatureStore
+from .masking import InformedMasks
 from .model import RetrievalModel
 from .objective import view_masks
 from .video import crop_geometry, sample_indices
@@ -97,12 +98,26 @@ def frame_patches(fg: pd.DataFrame, store: FeatureStore, positions: np.ndarray, 
 
 
 @torch.no_grad()
+def video_masks(
+    model: RetrievalModel, mask: MaskConfig, frames: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor
+) -> InformedMasks:
+    """The masks training draws for these videos (Objective.encode's steps: the unmasked pass, then
+    objective.view_masks with each frame's caption feature), one caption per video."""
+    device = next(model.parameters()).device
+    valid = model.frame_tokens(on_device(frames[frame_mask], device))
+    full = model.vision.run(valid, attention=mask.score == "cls_attn")
+    text = model.encode_text(on_device(text_tokens, device))
+    return view_masks(model, mask, full, text[on_device(frame_mask, device).nonzero()[:, 0]])
+
+
+@torch.no_grad()
 def diagnose(
     model: RetrievalModel, mask: MaskConfig, store: FeatureStore, fg: pd.DataFrame, split: str, cfg: EvaluateConfig
 ) -> dict[str, float] | None:
-    """SHARES (in %) of `model`'s masks (as training computes them: objective.view_masks from the
-    unmasked pass and each video's first caption) on the videos of `split`; None when the
-    foreground table is empty (a real dataset). Random-score masks are drawn from a fixed seed
+    """SHARES (in %) of `model`'s masks (video_masks, with each video's first caption) on the videos
+    of `split`, computed at `evaluate.precision` as validation is (the same as training's on the
+    CPU; on a GPU near-tied scores may order differently than under `train.precision`); None when
+    the foreground table is empty (a real dataset). Random-score masks are drawn from a fixed seed
     without touching the caller's random state."""
     if fg.empty:
         return None
@@ -112,26 +127,21 @@ def diagnose(
     positions = split_rows(store, split, cfg)[0]
     first_caption = store.captions.reset_index(drop=True).groupby("video_index").head(1)
     caption_of = dict(zip(first_caption["video_index"], first_caption.index, strict=True))
-    sums = {name: [] for name in ("high", "low", "chance", "best")}
+    grid = math.isqrt(int(store.meta["tokens_per_frame"]) - 1)
+    shares: dict[str, list[np.ndarray]] = {name: [] for name in ("high", "low", "chance", "best")}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         for start in range(0, len(positions), cfg.batch_size):
             chunk = positions[start : start + cfg.batch_size]
             frames, frame_mask = store.video_batch(chunk)
-            size = frames.shape[2]
-            grid = math.isqrt(int(store.meta["tokens_per_frame"]) - 1)
-            foreground = frame_patches(fg, store, chunk, size, grid)[frame_mask.numpy()]
+            foreground = frame_patches(fg, store, chunk, frames.shape[2], grid)[frame_mask.numpy()]
             with autocast(device, cfg.precision):
-                valid = model.frame_tokens(on_device(frames[frame_mask], device))
-                full = model.vision.run(valid, attention=mask.score == "cls_attn")
-                text = model.encode_text(on_device(store.text_batch(np.array([caption_of[p] for p in chunk])), device))
-                per_frame = text.float()[frame_mask.nonzero()[:, 0].to(device)]
-                masks = view_masks(model, mask, full, per_frame)
+                masks = video_masks(model, mask, frames, frame_mask, store.text_batch(np.array([caption_of[p] for p in chunk])))
             for name in ("high", "low"):
-                shares = mask_shares(masks.view(name).masked.cpu().numpy(), foreground)
-                sums[name].append(shares["share"])
-            sums["chance"].append(shares["chance"])
-            sums["best"].append(shares["best"])
+                view = mask_shares(masks.view(name).masked.cpu().numpy(), foreground)
+                shares[name].append(view["share"])
+            shares["chance"].append(view["chance"])
+            shares["best"].append(view["best"])
     model.train(was_training)
-    means = {name: float(np.concatenate(values).mean()) * 100 if values else math.nan for name, values in sums.items()}
-    return {f"fg_{name}": round(value, 4) for name, value in means.items()}
+    means = {name: np.concatenate(values) for name, values in shares.items()}
+    return {f"fg_{name}": round(float(v.mean()) * 100, 4) if v.size else math.nan for name, v in means.items()}

@@ -35,10 +35,10 @@ from .clip_model import DEFAULT_NORMALIZATION, TextEncoder, create_clip, tokeniz
 from .config import ClipConfig, Params, PretrainConfig
 from .datasets.synthetic import PALETTE, SHAPES, SIZES, SyntheticConfig, draw_attributes, render_still
 from .errors import MascotError
+from .fitting import cosine_with_warmup, seed_everything
 from .metrics import embedding_metrics
 from .model import contrastive
 from .progress import Progress
-from .train import cosine_with_warmup, seed_everything
 from .video import resize_center_crop
 
 log = logging.getLogger(__name__)

@@ -50,10 +50,11 @@ MECHANISM_TABLE = "mechanism"
 MECHANISM_COLUMNS = {
     "start_fg_high": "High mask on foreground, before training (%)",
     "fg_high": "High mask on foreground, selected epoch (%)",
+    "start_fg_low": "Low mask on foreground, before training (%)",
     "fg_low": "Low mask on foreground, selected epoch (%)",
     "fg_chance": "Chance: a random mask (%)",
     "fg_best": "Best possible (%)",
-    "isc": "ISC loss, selected epoch",
+    "isc": "ISC loss on training batches, selected epoch's mean",
 }
 
 
@@ -62,7 +63,7 @@ def mechanism_record(data: dict) -> dict[str, float]:
     fg = data.get("foreground") or {}
     selected, start = fg.get("selected") or {}, fg.get("start") or {}
     values = {name: selected.get(name) for name in ("fg_high", "fg_low", "fg_chance", "fg_best")}
-    values |= {"start_fg_high": start.get("fg_high"), "isc": data.get("selected_isc")}
+    values |= {"start_fg_high": start.get("fg_high"), "start_fg_low": start.get("fg_low"), "isc": data.get("selected_isc")}
     return {k: float("nan") if v is None else float(v) for k, v in values.items()}
 
 
@@ -118,8 +119,8 @@ def aggregate(runs: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:
     return table.sort_values(["dataset", "_p", "_o", "variant"]).drop(columns=["_o", "_p"]).reset_index(drop=True)
 
 
-def _cell(mean: float, std: float, seeds: int) -> str:
-    return f"{mean:.1f}" if seeds < 2 or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+def _cell(mean: float, std: float, seeds: int, digits: int = 1) -> str:
+    return f"{mean:.{digits}f}" if seeds < 2 or pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def settings(params: Params, runs: pd.DataFrame) -> dict[str, str]:
@@ -282,14 +283,17 @@ def mechanism_table(runs: pd.DataFrame, labels: dict[str, str], variants: list[s
         for column in MECHANISM_COLUMNS:
             values = group[column].dropna()
             mean, std = values.mean(), values.std(ddof=1)
-            cells.append("–" if values.empty else (f"{mean:.3f}" if column == "isc" else _cell(mean, std, len(values))))
+            digits = 3 if column == "isc" else 1
+            cells.append("–" if values.empty else _cell(mean, std, len(values), digits))
             csv_rows.append({"variant": name, "column": column, "mean": mean, "std": std, "seeds": len(values)})
         lines.append("| " + " | ".join([labels.get(name, name), str(len(group))] + cells) + " |")
     intro = (
         "Where each masked variant's masks fall on the validation split's foreground (src/mascot/foreground.py): the "
         "share of the patches a mask drops that the foreground box overlaps, averaged over frames, in %; mean ± std "
         "over seeds. Chance is the share of all patches on the foreground (a random mask's expected share); best "
-        "possible is min(1, foreground patches / masked patches). Before training: the model the run starts from."
+        "possible is min(1, foreground patches / masked patches). Before training: the model the run starts from. The "
+        "ISC loss (1 − cosine of the reconstructed and the unmasked view's patch tokens) is the mean over the selected "
+        "epoch's training steps, of the views the variant reconstructs (`isc.views`)."
     )
     body = "\n".join(lines) if names else "No masked run of this dataset has a foreground record (real datasets have none)."
     return f"# {dataset}: {MECHANISM_TABLE}\n\n{intro}\n\n{body}\n", pd.DataFrame(
@@ -325,13 +329,13 @@ def run(
     ceiling = json.loads(Path(ceiling_path).read_text())["ceiling"] if ceiling_path is not None else None
     labels = {name: v.label or name for name, v in params.variant_defs.items()}
     with atomic_dir(out) as tmp:
-        for name, variants in table_defs.items():
-            measured = runs[runs["variant"].isin(variants)]
-            part = aggregate(measured, variants) if not measured.empty else pd.DataFrame(columns=["variant", "post"])
+        for name, rows_of in table_defs.items():
+            measured = runs[runs["variant"].isin(rows_of)]
+            part = aggregate(measured, rows_of) if not measured.empty else pd.DataFrame(columns=["variant", "post"])
             plain, post = measured_rows(part, labels) if not measured.empty else ([], [])
             ran = list(part.loc[part["post"] == "none", "variant"])
             rows = iter(plain)
-            plain = [next(rows) if v in ran else not_run_row(labels.get(v, v)) for v in variants]
+            plain = [next(rows) if v in ran else not_run_row(labels.get(v, v)) for v in rows_of]
             extra, notes = published_rows(published.get(dataset, [])) if name == MAIN_TABLE else ([], [])
             sections = {
                 "": plain,
@@ -343,7 +347,7 @@ def run(
             (tmp / f"{name}.md").write_text(to_markdown(f"{dataset}: {name}", sections, notes, settings_line(setting)))
             (tmp / f"{name}.tex").write_text(to_latex(sections, notes, settings_line(setting)))
             missing = pd.DataFrame(
-                {"post": "none", "variant": [v for v in variants if v not in ran], "seeds": 0, "status": NOT_RUN}
+                {"post": "none", "variant": [v for v in rows_of if v not in ran], "seeds": 0, "status": NOT_RUN}
             )
             measured_csv = part.drop(columns="dataset", errors="ignore").assign(status="measured", **(setting or {}))
             bound = pd.DataFrame(

@@ -11,10 +11,9 @@ run continues exactly where it stopped (see resume.py).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -32,6 +31,7 @@ from .devices import autocast, describe, grad_scaler, on_device, select_device
 from .errors import ConfigError, MascotError
 from .evaluate import evaluate_split
 from .features import FeatureStore
+from .fitting import cosine_with_warmup, seed_everything
 from .foreground import SHARES, diagnose
 from .loader import prefetched
 from .model import RetrievalModel
@@ -40,18 +40,6 @@ from .progress import Progress
 from .train_log import EPOCH_FIELDS, STEP_FIELDS, TERMS, curve_path, plot_curves, steps_path, write_csv
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every generator and make reruns bit-identical. Without deterministic algorithms the CPU
-    backward of indexing with repeated indices (objective.py gives each frame its caption's tokens)
-    adds in parallel with atomic float additions, in an order that varies between runs whenever the
-    valid frames of a batch do not split evenly over the threads (benchmarks/train_determinism.py)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
-    torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, where CUDA has no such kernel
 
 
 # CLIP4Clip's no-decay list: substrings of parameter names (its BertAdam call, main_task_retrieval.py).
@@ -86,18 +74,6 @@ def optimizer_for(model: RetrievalModel | Objective, cfg: TrainConfig) -> torch.
     )
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
-    warmup = int(total_steps * warmup_fraction)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def selection_score(metrics: dict, name: str) -> float:
     if name == "t2v_R1":
         return metrics["t2v"]["R1"]
@@ -117,6 +93,21 @@ def warn_random_weights_at_low_lr(params: Params) -> None:
             cfg.clip_lr_scale,
             cfg.lr * cfg.clip_lr_scale,
         )
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 of a file (None for a name that is not a file, such as an open_clip tag)."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def table_digest(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
 
 
 @dataclass
@@ -196,7 +187,9 @@ class Job:
                 "train_rows": len(self.train_rows),
                 "device": self.device.type,
                 "processes": self.processes,
-                "foreground": self.diagnoses_masks,
+                # the bytes behind the names: a pretrained file rewritten by the pretrain stage, the boxes
+                "weights": file_digest(Path(self.params.clip.pretrained)) if self.params.clip.pretrained else None,
+                "foreground": table_digest(self.foreground) if self.diagnoses_masks else None,
             }
         )
 
