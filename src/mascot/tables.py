@@ -358,7 +358,8 @@ def run(
             pd.concat([measured_csv, missing, bound], ignore_index=True).to_csv(
                 tmp / f"{name}.csv", index=False, float_format="%.4f"
             )
-        text, frame = mechanism_table(runs, labels, variants, dataset)
+        order = list(dict.fromkeys(v for rows_of in table_defs.values() for v in rows_of))  # the tables' own row order
+        text, frame = mechanism_table(runs, labels, order, dataset)
         (tmp / f"{MECHANISM_TABLE}.md").write_text(text)
         frame.to_csv(tmp / f"{MECHANISM_TABLE}.csv", index=False, float_format="%.4f")
     log.info("tables: %s for %s → %s", _count(str(len(table_defs)), "table"), dataset, out)
