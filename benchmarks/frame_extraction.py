@@ -39,11 +39,12 @@ SOURCES = [
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
 
-def make_clips(folder: Path, n: int, seconds: float, noise: bool, gop: int | None) -> list[Path]:
+def make_clips(folder: Path, n: int, seconds: float, noise: bool, gop: int | None, first: int = 0) -> list[Path]:
     """`n` H.264 clips (libx264 defaults, or keyframes every `gop` frames), 320×240 at 30 fps, from
-    FFmpeg's test sources, with temporal noise unless `noise` is off (noise makes decoding expensive)."""
+    FFmpeg's test sources, with temporal noise unless `noise` is off (noise makes decoding expensive);
+    clip i (from `first` on) takes source i, its noise level and hue."""
     paths = []
-    for i in range(n):
+    for i in range(first, first + n):
         path = folder / f"clip{i:03d}-{seconds:g}s{'' if noise else '-clean'}{f'-g{gop}' if gop else ''}.mp4"
         if not path.exists():
             src = SOURCES[i % len(SOURCES)]

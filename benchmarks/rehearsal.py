@@ -9,8 +9,9 @@
    and videos/video<N>.mp4 for MSR-VTT's ids video0 … video<videos - 1>. Every tenth id is a test
    video (1,000 of 10,000, like 1k-A; the real test list is another 1,000 ids), the others the 9k
    list. The videos are `--distinct` clips from FFmpeg's test sources (320×240 as MSR-VTT's, 30 fps,
-   H.264 with a keyframe every 2 s, temporal noise, lengths spread over `--seconds`), each
-   hard-linked under many ids: every id is decoded on its own, as distinct files would be.
+   H.264 with a keyframe every 2 s, temporal noise, lengths spread over `--seconds`; each clip its own
+   source pattern, noise level and hue), each hard-linked under many ids: every id is decoded on its
+   own, as distinct files would be (the page cache holds the clips after their first reading).
 2. Project: a clone of this repository's HEAD with the `msrvtt-vit-b-32` preset applied, then
    random weights (`clip.pretrained: null`: no network), the folder placed (`link_placed`, and
    `verify_placed: false`: it is not the release), one variant and one seed, and the smoke caps of
@@ -67,7 +68,7 @@ def write_source(source: Path, videos: int, distinct: int, seconds: tuple[float,
     for folder in (ann, vids, pool):
         folder.mkdir(parents=True, exist_ok=True)
     lengths = [seconds[0] + (seconds[1] - seconds[0]) * i / max(1, distinct - 1) for i in range(distinct)]
-    clips = [make_clips(pool, 1, round(s, 1), noise=True, gop=60)[0] for s in lengths]
+    clips = [make_clips(pool, 1, round(s, 1), noise=True, gop=60, first=i)[0] for i, s in enumerate(lengths)]  # own source each
     clips = [c.rename(pool / f"pool{i:03d}.mp4") for i, c in enumerate(clips)]
     ids = [f"video{i}" for i in range(videos)]
     test = ids[::10]
@@ -168,6 +169,7 @@ def main() -> None:
     stages = [
         f"download@{DATASET}",
         f"annotations@{DATASET}",
+        "pretrain",  # with the preset's weights (here null: random) it only writes a note
         f"frames@{DATASET}",
         f"features@{DATASET}",
         f"train@{DATASET}-{VARIANT}-{SEED}",
