@@ -64,7 +64,7 @@ def test_snakemake_ran_the_commands_of_dvc_yaml(smk_repo):
     """The commands Snakemake recorded for every output of its run are exactly DVC's stage commands."""
     launcher, log = re.compile(r"^python -m mascot\.gpu_slot --need \d+ -- "), " > logs/snakemake/"
     ran = {launcher.sub("", r["shellcmd"]).split(log, 1)[0] for r in snakemake_summary(smk_repo)}
-    assert len(ran) == 13 and ran == dvc_commands(smk_repo)  # 10 default stages (figures included) + 3 ablation
+    assert len(ran) == 14 and ran == dvc_commands(smk_repo)  # 11 default stages (pretrain, figures included) + 3 ablation
 
 
 def test_lint_passes():

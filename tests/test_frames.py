@@ -172,16 +172,18 @@ def test_interrupted_extraction_resumes_to_identical_output(tmp_path, tiny_raw, 
     for _attempt in range(3):  # a run can finish between two polls; then start it again
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # its own process group, so that freezing it freezes its decoding workers too (a frozen stage
+        # whose workers finish every shard would have nothing left to interrupt)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 120
         while not list(work.glob("*.json")) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.002)
-        proc.send_signal(signal.SIGSTOP)  # freeze it mid-run, then interrupt it
+        os.killpg(proc.pid, signal.SIGSTOP)  # freeze it mid-run, then interrupt it
         if proc.poll() is None:
             break
     done_before = len(list(work.glob("*.json")))
     proc.send_signal(signum)
-    proc.send_signal(signal.SIGCONT)
+    os.killpg(proc.pid, signal.SIGCONT)
     proc.wait(timeout=60)
     assert proc.returncode != 0, proc.stdout.read().decode()
     assert not out.exists()

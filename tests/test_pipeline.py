@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def test_full_dag_then_nothing_to_do(repo, dvc_pipeline):
         cells = [c.strip() for c in row.strip("|").split("|")][2:]
         assert len(cells) == 10  # five metrics in each direction
         assert all(math.isfinite(float(c.split(" ")[0])) for c in cells)
-    assert {p.name for p in tables.iterdir()} == {"main.md", "main.tex", "main.csv"}
+    assert {p.name for p in tables.iterdir()} == {"main.md", "main.tex", "main.csv", "mechanism.md", "mechanism.csv"}
+    # the DAG pretrained the CLIP it fine-tuned, and the masked run measured where its masks fall
+    assert json.loads((repo / "results" / "pretrain" / "metrics.json").read_text())["pretrained"] is True
+    mechanism = [r for r in (tables / "mechanism.md").read_text().splitlines() if r.startswith("| MASCOT (meanP) | 1 |")]
+    assert len(mechanism) == 1 and all(math.isfinite(float(c)) for c in mechanism[0].strip("|").split("|")[2:7])
     ablation = repo / "results" / "ablation" / "tables" / "synthetic"
     assert {p.name for p in ablation.iterdir()} >= {"ablation.md", "mask_ratio.md", "mask_score.md"}
     assert "| + random masks | 1 |" in (ablation / "ablation.md").read_text()  # the tiny preset's one ablation run
