@@ -142,6 +142,12 @@ def test_finished_shards_are_reused_and_changed_videos_redone(tmp_path, serial_f
     assert _files(out) == _files(serial_frames)
 
 
+def _default_sigint() -> None:
+    """A child inherits an ignored SIGINT (an earlier in-process test may leave pytest ignoring it), and
+    Python then keeps ignoring it: give the stage the default, as a shell would."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_extraction_resumes_to_identical_output(tmp_path, tiny_raw, tiny_annotations, signum):
     from .conftest import tiny_params_dict
@@ -174,7 +180,9 @@ def test_interrupted_extraction_resumes_to_identical_output(tmp_path, tiny_raw, 
         shutil.rmtree(work, ignore_errors=True)
         # its own process group, so that freezing it freezes its decoding workers too (a frozen stage
         # whose workers finish every shard would have nothing left to interrupt)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_default_sigint
+        )
         deadline = time.time() + 120
         while not list(work.glob("*.json")) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.002)
