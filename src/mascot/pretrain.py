@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_dir, write_json
-from .clip_model import DEFAULT_NORMALIZATION, TextEncoder, create_clip, tokenizer
+from .clip_model import TextEncoder, create_clip, tokenizer, visual_normalization
 from .config import ClipConfig, Params, PretrainConfig
 from .datasets.synthetic import PALETTE, SHAPES, SIZES, SyntheticConfig, draw_attributes, render_still
 from .errors import MascotError
@@ -80,8 +80,9 @@ def render(cfg: SyntheticConfig, seed: int, kind: int, attrs: list[dict | None],
     return images, [r[1] for r in results]
 
 
-def _normalized(images: torch.Tensor) -> torch.Tensor:
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in DEFAULT_NORMALIZATION)
+def _normalized(images: torch.Tensor, visual: torch.nn.Module) -> torch.Tensor:
+    """uint8 (n, S, S, 3) → the tower's input, with the pixel statistics the retrieval stages use for it."""
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in visual_normalization(visual))
     return (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
 
 
@@ -94,7 +95,9 @@ class ImageText(torch.nn.Module):
         self.text = TextEncoder(clip)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.normalize(self.clip.encode_image(_normalized(images)), dim=-1), F.normalize(self.text(tokens), dim=-1)
+        return F.normalize(self.clip.encode_image(_normalized(images, self.clip.visual)), dim=-1), F.normalize(
+            self.text(tokens), dim=-1
+        )
 
 
 @torch.no_grad()
