@@ -8,7 +8,9 @@
    model's input size, repeated; smooth random images where they are absent), 12 frames per video,
    with the features folder the features stage writes at K = L (no token cache; the model embeds the
    frames itself), read batch by batch through the training data path (FeatureStore.pairs via
-   loader.prefetched: JPEG decoded in the loader threads) with 0, 1, 2 ... threads; for comparison,
+   loader.prefetched: JPEG decoded in the loader threads) with 0, 1, 2 ... threads; for JPEG also
+   the batches as `decode_on: device` hands them over (the files, decoded on the device: their
+   decoding rate there is benchmarks/gpu_check.py's, nvJPEG on a GPU); for comparison,
    the batches handed over by torch DataLoader processes (the path loader.py does not take). The
    page cache is warmed first: disk speed is not measured.
 2. Compute: the FLOPs of one training step per frame (forward + backward from uint8 frames, patch
@@ -21,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import tempfile
@@ -101,6 +104,13 @@ def loader_rates(store: FeatureStore, batch: int, workers: list[int], steps: int
         for _ in prefetched(store.pairs, keys, n, cpu):
             pass
         out[f"loader, {n} thread{'s' if n != 1 else ''} (uint8 frames)"] = frames / (time.perf_counter() - start)
+    if store.video_format == "jpeg":  # decode_on: device (auto on a GPU): the threads hand over the JPEG files
+        for n in workers:
+            start = time.perf_counter()
+            for _ in prefetched(functools.partial(store.pairs, encoded=True), keys, n, cpu):
+                pass
+            label = f"loader, {n} thread{'s' if n != 1 else ''} (JPEG files for the device: decode_on device)"
+            out[label] = frames / (time.perf_counter() - start)
     for n in [w for w in workers if w]:
         loader = DataLoader(_Keyed(store.pairs, keys), batch_size=None, num_workers=n, prefetch_factor=2)
         start = time.perf_counter()

@@ -5,13 +5,16 @@
 
 For each backbone at K = L (the paper recipe, as the presets set it, gradient checkpointing on; the
 features stage then only tokenizes captions, and train and evaluate start from the frames):
-1. for reference, frames/s of the whole tower's inference on frames already on the device;
+1. for reference, frames/s of the whole tower's inference on frames already on the device, and of
+   JPEG decoding on the device (`decode_on: device`: one torchvision decode_jpeg call per batch of
+   128 × 12 frames at quality 95, 4:4:4, as the frames stage stores them; nvJPEG on a GPU);
 2. evaluate stage: videos/s embedded from uint8 frames in host memory (encode_video: upload, the
    frozen patch embedding and the tower on the device);
 3. train stage: seconds per step of the baseline (meanP) and of MASCOT (patch embedding, unmasked pass,
    both masked views, ISC decoder, backward, clipping, AdamW) at batch 128 × 12 frames, the batch
    uploaded from pinned uint8 frames as the loader hands it over (the loader's own reading and
-   JPEG decoding are benchmarks/data_loader.py);
+   JPEG decoding are benchmarks/data_loader.py), and again with the batch's JPEG files decoded on
+   the device within the step (`decode_on: device`: what it adds to a step);
 each with the peak GPU memory of that measurement. Random weights and random inputs: throughput
 does not depend on them. Record the printed table with the machine in docs/benchmarks.md.
 """
@@ -23,11 +26,13 @@ import platform
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from mascot.clip_model import create_clip, model_config
 from mascot.config import ClipConfig, MaskConfig, TrainConfig, VariantConfig
 from mascot.devices import autocast, on_device, select_device
+from mascot.frame_store import EncodedFrames, encode_image
 from mascot.model import RetrievalModel
 from mascot.objective import Objective
 from mascot.train import optimizer_for
@@ -94,8 +99,31 @@ def reference_rows(cfg: dict, model: str, device: torch.device, precision: str):
     yield "whole tower, for reference (inputs on the device)", f"{cfg['image_batch'] / seconds:,.0f} frames/s", peak
 
 
+def jpeg_batch(cfg: dict, size: int) -> tuple[EncodedFrames, float]:
+    """One batch of JPEG frames as `decode_on: device` hands it over (quality 95, 4:4:4, as the
+    frames stage stores them), and the mean KB a file: blocky colour fields with noise of σ = 3,
+    whose files are about the size measured on real 224-px frames (18.3 KB, docs/benchmarks.md)."""
+    rng = np.random.default_rng(0)
+    blocks = np.kron(rng.integers(0, 256, (8, size // 16, size // 16, 3)), np.ones((1, 16, 16, 1)))
+    images = (blocks + rng.normal(0, 3, blocks.shape)).clip(0, 255).astype(np.uint8)
+    files = [torch.frombuffer(bytearray(encode_image(images[i], "jpeg", 95)), dtype=torch.uint8) for i in range(8)]
+    frames = cfg["batch"] * cfg["frames"]
+    batch = EncodedFrames([files[i % 8] for i in range(frames)], (cfg["batch"], cfg["frames"], size, size, 3))
+    return batch, sum(len(f) for f in files) / len(files) / 1e3
+
+
+def decode_rows(cfg: dict, model: str, device: torch.device, precision: str):
+    """JPEG decoding of one batch on the device (EncodedFrames.decode, the `decode_on: device` path)."""
+    size = model_config(model)["vision_cfg"]["image_size"]
+    frames, kb = jpeg_batch(cfg, size)
+    seconds, peak = measured(lambda: frames.decode(device), device, cfg["steps"], cfg["warmup"])
+    what = f"JPEG decoding on the device, {len(frames.files)} frames of {size} px ({kb:.0f} KB each)"
+    yield what, f"{len(frames.files) / seconds:,.0f} frames/s", peak
+
+
 def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
     videos, mask, text = inputs(cfg, model, device)
+    encoded = jpeg_batch(cfg, model_config(model)["vision_cfg"]["image_size"])[0]
     blocks = model_config(model)["vision_cfg"]["layers"]
     frames = cfg["batch"] * cfg["frames"]
     for name, masking in OBJECTIVES.items():
@@ -110,17 +138,18 @@ def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
             )
             yield f"evaluate: video embedding, {cfg['frames']} frames", f"{cfg['batch'] / seconds:,.0f} videos/s", peak
         optimizer = optimizer_for(objective, TrainConfig())
-        seconds, peak = measured(
-            lambda o=objective, opt=optimizer: train_step(o, opt, (videos, mask, text), device, precision),
-            device,
-            cfg["steps"],
-            cfg["warmup"],
-        )
-        yield (
-            f"train: {name} step, batch {cfg['batch']} × {cfg['frames']}, K = {blocks}, checkpointing",
-            f"{seconds:.3f} s/step ({frames / seconds:,.0f} frames/s)",
-            peak,
-        )
+        for decoded, batch in (("", videos), (", JPEG decoded in the step (decode_on: device)", encoded)):
+            seconds, peak = measured(
+                lambda o=objective, opt=optimizer, b=batch: train_step(o, opt, (b, mask, text), device, precision),
+                device,
+                cfg["steps"],
+                cfg["warmup"],
+            )
+            yield (
+                f"train: {name} step, batch {cfg['batch']} × {cfg['frames']}, K = {blocks}, checkpointing{decoded}",
+                f"{seconds:.3f} s/step ({frames / seconds:,.0f} frames/s)",
+                peak,
+            )
 
 
 @torch.no_grad()
@@ -163,7 +192,7 @@ def main() -> None:
     print("| model | measurement | throughput | peak GPU memory |")
     print("|---|---|---:|---:|")
     for model in cfg["models"]:
-        for rows in (reference_rows, model_rows):
+        for rows in (reference_rows, decode_rows, model_rows):
             for what, value, peak in rows(cfg, model, device, args.precision):
                 memory = f"{peak:.1f} GiB" if peak is not None else "n/a (CPU)"
                 print(f"| {model} | {what} | {value} | {memory} |", flush=True)

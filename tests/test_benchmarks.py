@@ -18,11 +18,15 @@ def _run(*args: str) -> str:
 def test_gpu_check_smoke_runs_on_cpu():
     out = _run("benchmarks/gpu_check.py", "--smoke")
     rows = [line.split(" | ")[1] for line in out.splitlines() if line.startswith("| mascot-tiny")]
+    decoded = ", JPEG decoded in the step (decode_on: device)"
     assert rows == [
         "whole tower, for reference (inputs on the device)",
+        "JPEG decoding on the device, 12 frames of 64 px (2 KB each)",
         "evaluate: video embedding, 3 frames",
         "train: meanP step, batch 4 × 3, K = 4, checkpointing",
+        f"train: meanP step, batch 4 × 3, K = 4, checkpointing{decoded}",
         "train: MASCOT step, batch 4 × 3, K = 4, checkpointing",
+        f"train: MASCOT step, batch 4 × 3, K = 4, checkpointing{decoded}",
     ]
     assert "s/step" in out and "videos/s" in out and "n/a (CPU)" in out
 
@@ -43,10 +47,19 @@ def test_data_loader_benchmark_compares_the_paths():
         "4",
     )
     rows = [line.split(" | ")[1:4:2] for line in out.splitlines() if line.startswith("| 64 px (mascot-tiny)")]
+    handed_over = "(JPEG files for the device: decode_on device)"
     assert rows == [
-        [fmt, path]
-        for fmt in ("raw", "jpeg")
+        ["raw", path]
         for path in ("loader, 0 threads (uint8 frames)", "loader, 1 thread (uint8 frames)", "torch DataLoader, 1 process")
+    ] + [
+        ["jpeg", path]
+        for path in (
+            "loader, 0 threads (uint8 frames)",
+            "loader, 1 thread (uint8 frames)",
+            f"loader, 0 threads {handed_over}",
+            f"loader, 1 thread {handed_over}",
+            "torch DataLoader, 1 process",
+        )
     ]
     assert any(line.startswith("| mascot-tiny | meanP |") for line in out.splitlines())  # the FLOP count ran
 

@@ -141,15 +141,22 @@ def test_slurm_profile_builds_the_dag():
     assert "train__synthetic_mascot_0" in out and "gpu=1" in out
 
 
-def test_a_train_job_gets_one_gpu_per_process(tmp_path):
-    """`train.processes` sizes a train job's GPU request and the slot it waits for; other GPU stages keep one."""
+def _planned_jobs(repo, rule: str) -> list[str]:
+    out = sh(["snakemake", "-n", "-F", "-p", "--cores", "1"], repo)
+    jobs = [j for j in re.split(r"\n(?=(?:localrule|rule) )", out) if re.match(rf"(?:localrule|rule) {rule}__", j)]
+    assert jobs, rule
+    return jobs
+
+
+def test_a_train_job_gets_one_gpu_per_process_and_features_one_only_below_k_equals_l(tmp_path):
+    """`train.processes` sizes a train job's GPU request and the slot it waits for; the features
+    stage asks for a GPU only where it encodes frames (K < L), not at K = L (the default and the
+    presets: it tokenizes captions)."""
     repo = copy_project(tmp_path)
     set_param(repo, "train.processes", 2)
     commit(repo, "two processes")
-    out = sh(["snakemake", "-n", "-F", "-p", "--cores", "1"], repo)
-    jobs = re.split(r"\n(?=(?:localrule|rule) )", out)
-    train_jobs = [j for j in jobs if re.match(r"(?:localrule|rule) train__", j)]
-    features_jobs = [j for j in jobs if re.match(r"(?:localrule|rule) features__", j)]
-    assert train_jobs and features_jobs
-    assert all("gpu=2" in j and "mascot.gpu_slot --need 2 --" in j for j in train_jobs)
-    assert all("gpu=1" in j and "mascot.gpu_slot --need 1 --" in j for j in features_jobs)
+    assert all("gpu=2" in j and "mascot.gpu_slot --need 2 --" in j for j in _planned_jobs(repo, "train"))
+    assert all("gpu=0" in j and "gpu_slot" not in j for j in _planned_jobs(repo, "features"))
+    set_param(repo, "train.trainable_blocks", 2)
+    commit(repo, "K < L")
+    assert all("gpu=1" in j and "mascot.gpu_slot --need 1 --" in j for j in _planned_jobs(repo, "features"))

@@ -263,7 +263,9 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_encoded_shard_reads_like_the_raw_array(tmp_path):
-    from mascot.frame_store import EncodedShard, ShardWriter, offsets_name
+    import torch
+
+    from mascot.frame_store import EncodedFrames, EncodedShard, ShardWriter, offsets_name
 
     rng = np.random.default_rng(0)
     base = np.kron(rng.integers(0, 256, (3, 4, 8, 8, 3)), np.ones((1, 1, 4, 4, 1))).astype(np.uint8)  # smooth-ish images
@@ -273,12 +275,22 @@ def test_encoded_shard_reads_like_the_raw_array(tmp_path):
         frames_[valid:] = 0
         writer.write(row, frames_, valid)
     writer.close(tmp_path / offsets_name("s.npy"))
-    shard = EncodedShard(tmp_path / "s.npy", 32)
+    shard = EncodedShard(tmp_path / "s.npy", 32, "jpeg")
     assert shard.shape == (3, 4, 32, 32, 3)
     assert shard[1].shape == (4, 32, 32, 3) and not shard[1][2:].any() and not shard[2].any()  # padding reads as zeros
     assert shard[1, :2].shape == (2, 32, 32, 3) and np.array_equal(shard[1, :2], shard[1][:2])
     assert shard.offsets[2, 0] == shard.offsets[2, -1] == shard.offsets[1, -1]  # empty rows take no bytes
     assert _psnr(shard[0], base[0]) > 35
+    # the same files decoded on the device (decode_on: device; on the CPU torchvision's libjpeg-turbo): Pillow's pixels
+    encoded = EncodedFrames.gather([(shard, row, slice(None)) for row in range(3)], shard.shape)
+    assert torch.equal(encoded.decode(torch.device("cpu")), torch.from_numpy(np.stack([shard[r] for r in range(3)])))
+    assert encoded.files[6] is None and encoded[2:].files == [None] * 4  # padding and failed rows carry no file
+    flat = EncodedFrames.gather(
+        [(shard, 0, slice(1, 3)), (shard, 1, slice(2))], (4, 32, 32, 3)
+    )  # valid frames only, as features groups them
+    assert torch.equal(flat.decode(torch.device("cpu")), torch.from_numpy(np.concatenate([shard[0, 1:3], shard[1, :2]])))
+    with pytest.raises(ValueError, match="5 files"):
+        EncodedFrames(encoded.files[:5], (2, 4, 32, 32, 3))
 
 
 @pytest.mark.parametrize(("fmt", "min_psnr", "max_mean_error"), [("jpeg", 38, 2.5), ("webp", 28, 6.5)])

@@ -111,6 +111,14 @@ class ComputeConfig(Section):
         description="threads that read and assemble the batches ahead of the compute (src/mascot/loader.py); 0: in the "
         "stage's own process. Same batches, same results for any value",
     )
+    decode_on: Literal["loader", "device"] = Field(
+        "loader",
+        description="where JPEG frames are decoded: loader (Pillow, where batches are assembled, overlapping the "
+        "compute with loader_workers > 0), or device (torchvision's decode_jpeg on the stage's device, one call per "
+        "batch, per chunk with gradient caching: nvJPEG on CUDA, in the stage's own thread; on the CPU the same pixels "
+        "as Pillow; JPEG only; not measured on a GPU yet, hence not the default). Raw frames and cached tokens need no "
+        "decoding",
+    )
 
 
 class FeaturesConfig(ComputeConfig):

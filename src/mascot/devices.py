@@ -8,6 +8,7 @@ import logging
 import torch
 
 from .errors import ConfigError
+from .frame_store import EncodedFrames
 
 log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -43,9 +44,11 @@ def describe(device: torch.device, precision: str = "fp32") -> str:
     return f"cpu ({torch.get_num_threads()} threads), fp32"
 
 
-def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+def on_device(t: torch.Tensor | EncodedFrames, device: torch.device) -> torch.Tensor:
     """Move a tensor in its stored dtype to `device` (from pinned memory without blocking the host)
     and make it computable there: fp16/bf16 become fp32 after the copy (exact); integers and bools
-    keep their dtype."""
+    keep their dtype. JPEG frames (EncodedFrames) are decoded there, to uint8."""
+    if isinstance(t, EncodedFrames):
+        return t.decode(device)
     t = t.to(device, non_blocking=True)
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def embed_videos(
     chunks = [positions[i : i + cfg.batch_size] for i in range(0, len(positions), cfg.batch_size)]
     out = []
     with autocast(device, cfg.precision), Progress(len(positions), f"embedding {what}", "video") as bar:
-        for chunk, batch in zip(chunks, prefetched(store.video_batch, chunks, cfg.loader_workers, device), strict=True):
+        fetch = functools.partial(store.video_batch, encoded=store.decodes_on(cfg.decode_on, "evaluate.decode_on"))
+        for chunk, batch in zip(chunks, prefetched(fetch, chunks, cfg.loader_workers, device), strict=True):
             out.append(model.encode_video(*(on_device(t, device) for t in batch)).cpu())
             bar.update(len(chunk))
     return torch.cat(out)

@@ -34,8 +34,9 @@ from .annotations import read_table
 from .atomic import atomic_dir
 from .clip_model import VisionPrefix, check_split, create_clip, tokenizer, tokens_per_frame, vision_layers
 from .config import Params
-from .devices import autocast, describe, select_device
+from .devices import autocast, describe, on_device, select_device
 from .errors import MascotError
+from .frame_store import EncodedFrames, decodes_on_device, stored_format
 from .frames import INDEX, open_frames
 from .loader import prefetched
 from .progress import Progress
@@ -44,14 +45,16 @@ from .storage import allocated_memmap, check_free, disk_full_is_an_error
 log = logging.getLogger(__name__)
 
 
-def encode_frames(prefix: VisionPrefix, frames: torch.Tensor, batch_size: int, precision: str = "fp32") -> np.ndarray:
+def encode_frames(
+    prefix: VisionPrefix, frames: torch.Tensor | EncodedFrames, batch_size: int, precision: str = "fp32"
+) -> np.ndarray:
     """uint8 frames (n, S, S, 3) → fp16 tokens (n, 1 + N, width), on the prefix's device: the uint8
-    frames travel as they are stored and are converted there."""
+    frames (or their JPEG files, decoded there) travel as they are stored and are converted there."""
     device = next(prefix.buffers()).device
     out = []
     for i in range(0, len(frames), batch_size):
         with torch.no_grad(), autocast(device, precision):
-            out.append(prefix(frames[i : i + batch_size].to(device, non_blocking=True)).to(torch.float16).cpu().numpy())
+            out.append(prefix(on_device(frames[i : i + batch_size], device)).to(torch.float16).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,), np.float16)
 
 
@@ -103,8 +106,13 @@ def cache_vision(params: Params, index: pd.DataFrame, shards: dict, tokens_shape
         for name, frames in shards.items()
     }
 
-    def group_frames(key: tuple[str, np.ndarray, np.ndarray]) -> torch.Tensor:
+    encoded = decodes_on_device(params.features.decode_on, stored_format(shards), "features.decode_on")
+
+    def group_frames(key: tuple[str, np.ndarray, np.ndarray]) -> torch.Tensor | EncodedFrames:
         name, row, valid = key
+        if encoded:
+            shape = (int(valid.sum()), *shards[name].shape[2:])
+            return EncodedFrames.gather([(shards[name], r, slice(v)) for r, v in zip(row, valid, strict=True)], shape)
         return torch.from_numpy(np.concatenate([shards[name][r, :v] for r, v in zip(row, valid, strict=True)]))
 
     batches = prefetched(group_frames, keys, params.features.loader_workers, device)
@@ -176,6 +184,7 @@ class FeatureStore:
     captions: pd.DataFrame
     text_tokens: np.ndarray
     shards: dict[str, np.ndarray]
+    video_format: str  # tokens (K < L), or at K = L the frames' format: raw | jpeg | webp
 
     @classmethod
     def open(cls, root: Path, frames_dir: Path | None = None) -> FeatureStore:
@@ -210,6 +219,7 @@ class FeatureStore:
             captions=pd.read_parquet(root / "captions.parquet"),
             text_tokens=np.load(root / "text_tokens.npy"),
             shards=shards,
+            video_format="tokens" if meta.get("vision", "tokens") == "tokens" else stored_format(shards),
         )
 
     def videos(self, split: str) -> np.ndarray:
@@ -219,20 +229,33 @@ class FeatureStore:
     def caption_rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.captions["split"].to_numpy() == split)
 
-    def video_batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def decodes_on(self, setting: str, key: str) -> bool:
+        """Whether batches should carry the JPEG files, for the device to decode (`key`: <stage>.decode_on)."""
+        return decodes_on_device(setting, self.video_format, key)
+
+    def video_batch(self, positions: np.ndarray, encoded: bool = False) -> tuple[torch.Tensor | EncodedFrames, torch.Tensor]:
         """The videos as stored, cached tokens (B, T, 1 + N, width) fp16 or at K = L frames
-        (B, T, S, S, 3) uint8 (decoded here when compressed), for RetrievalModel.frame_tokens on the
-        device; and the frame mask (B, T) bool."""
+        (B, T, S, S, 3) uint8 (decoded here when compressed, or with `encoded` left as JPEG files for
+        the device, EncodedFrames), for RetrievalModel.frame_tokens on the device; and the frame mask
+        (B, T) bool."""
         rows = self.index.iloc[positions]
-        tokens = np.stack([self.shards[s][r] for s, r in zip(rows["shard"], rows["row"])])  # noqa: B905 -- two columns of one table
-        t = tokens.shape[1]
-        mask = np.arange(t)[None, :] < rows["num_valid"].to_numpy()[:, None]
-        return torch.from_numpy(tokens), torch.from_numpy(mask)
+        pairs = list(zip(rows["shard"], rows["row"]))  # noqa: B905 -- two columns of one table
+        if encoded and self.video_format != "jpeg":
+            raise ValueError(f"{self.root}: only JPEG frames travel encoded; these videos are stored as {self.video_format}")
+        if encoded:
+            shape = (len(rows), *self.shards[pairs[0][0]].shape[1:])
+            tokens = EncodedFrames.gather([(self.shards[s], r, slice(None)) for s, r in pairs], shape)
+        else:
+            tokens = torch.from_numpy(np.stack([self.shards[s][r] for s, r in pairs]))
+        mask = np.arange(tokens.shape[1])[None, :] < rows["num_valid"].to_numpy()[:, None]
+        return tokens, torch.from_numpy(mask)
 
     def text_batch(self, caption_rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.text_tokens[caption_rows].astype(np.int64))
 
-    def pairs(self, caption_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pairs(
+        self, caption_rows: np.ndarray, encoded: bool = False
+    ) -> tuple[torch.Tensor | EncodedFrames, torch.Tensor, torch.Tensor]:
         """A training batch: the captions' videos (tokens, frame mask) and the captions' tokens."""
-        tokens, mask = self.video_batch(self.captions["video_index"].to_numpy()[caption_rows])
+        tokens, mask = self.video_batch(self.captions["video_index"].to_numpy()[caption_rows], encoded)
         return tokens, mask, self.text_batch(caption_rows)

@@ -30,6 +30,7 @@ from .devices import autocast, on_device
 from .errors import MascotError
 from .evaluate import split_rows
 from .features import FeatureStore
+from .frame_store import EncodedFrames
 from .masking import InformedMasks
 from .model import RetrievalModel
 from .objective import view_masks
@@ -99,12 +100,16 @@ def frame_patches(fg: pd.DataFrame, store: FeatureStore, positions: np.ndarray, 
 
 @torch.no_grad()
 def video_masks(
-    model: RetrievalModel, mask: MaskConfig, frames: torch.Tensor, frame_mask: torch.Tensor, text_tokens: torch.Tensor
+    model: RetrievalModel,
+    mask: MaskConfig,
+    frames: torch.Tensor | EncodedFrames,
+    frame_mask: torch.Tensor,
+    text_tokens: torch.Tensor,
 ) -> InformedMasks:
     """The masks training draws for these videos (Objective.encode's steps: the unmasked pass, then
     objective.view_masks with each frame's caption feature), one caption per video."""
     device = next(model.parameters()).device
-    valid = model.frame_tokens(on_device(frames[frame_mask], device))
+    valid = model.frame_tokens(on_device(frames, device)[on_device(frame_mask, device)])
     full = model.vision.run(valid, attention=mask.score == "cls_attn")
     text = model.encode_text(on_device(text_tokens, device))
     return view_masks(model, mask, full, text[on_device(frame_mask, device).nonzero()[:, 0]])
@@ -133,7 +138,7 @@ def diagnose(
         torch.manual_seed(0)
         for start in range(0, len(positions), cfg.batch_size):
             chunk = positions[start : start + cfg.batch_size]
-            frames, frame_mask = store.video_batch(chunk)
+            frames, frame_mask = store.video_batch(chunk, store.decodes_on(cfg.decode_on, "evaluate.decode_on"))  # as validation
             foreground = frame_patches(fg, store, chunk, frames.shape[2], grid)[frame_mask.numpy()]
             with autocast(device, cfg.precision):
                 masks = video_masks(model, mask, frames, frame_mask, store.text_batch(np.array([caption_of[p] for p in chunk])))

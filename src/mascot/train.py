@@ -11,6 +11,7 @@ run continues exactly where it stopped (see resume.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -244,6 +245,8 @@ def check_inputs(
         )
     masked = {listed_in(params, variant_name): [variant_name]} if variant.mask is not None else {}
     check_split(params.clip.model, cfg.trainable_blocks, masked)
+    store.decodes_on(cfg.decode_on, "train.decode_on")  # a `device` setting for frames the device cannot decode: refused now
+    store.decodes_on(params.evaluate.decode_on, "evaluate.decode_on")
     train_rows = store.caption_rows("train")
     if len(train_rows) < 2 or len(store.videos("val")) == 0:
         raise MascotError(f"{features_dir}: training needs at least 2 training captions and a non-empty val split.")
@@ -327,7 +330,8 @@ def train_epoch(job: Job, fit: Fit, state: TrainState, save: Callable[[], None])
     order = state.order.numpy()
     # this process's caption rows of each remaining step; the loader's threads read their batches ahead
     keys = [distributed.shard(order[i * batch : (i + 1) * batch], job.rank, job.processes) for i in range(state.next_step, steps)]
-    batches = prefetched(store.pairs, keys, cfg.loader_workers, job.device)
+    encoded = store.decodes_on(cfg.decode_on, "train.decode_on")
+    batches = prefetched(functools.partial(store.pairs, encoded=encoded), keys, cfg.loader_workers, job.device)
     bar = Progress(steps, f"train {job.name} epoch {state.epoch}", "step", initial=state.next_step)
     for i, (tokens, mask, text) in zip(range(state.next_step, steps), batches, strict=True):
         terms = forward_backward(job, fit, state.step, tokens, mask, text)

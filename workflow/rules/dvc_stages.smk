@@ -67,11 +67,16 @@ def load_resources(path, stages):
 
 def stage_resources(stage, table):
     """threads / mem_mb / runtime / gpu of a stage (`train@synthetic-meanP-0` → `train`); a `gpu`
-    given as a params key (`train.processes`) is read from the stage's own params."""
+    given as a params key (`train.processes`) is read from the stage's own params, and
+    `vision_cache` is 1 where the stage caches the frozen prefix (K < L), else 0."""
     res = {**table["default"], **table["stages"].get(stage["address"].split("@")[0], {})}
-    if isinstance(res["gpu"], str):
+    params = json.loads(stage["params"])
+    if res["gpu"] == "vision_cache":  # one GPU where the stage encodes frames (K < L), none at K = L
+        from mascot.clip_model import vision_layers  # torch + open_clip: seconds, and only for such stages
+
+        res["gpu"] = int(params["train.trainable_blocks"] < vision_layers(params["clip"]["model"]))
+    elif isinstance(res["gpu"], str):
         section, _, key = res["gpu"].partition(".")
-        params = json.loads(stage["params"])
         res["gpu"] = int(params[res["gpu"]] if res["gpu"] in params else params[section][key])
     return res
 
