@@ -104,7 +104,7 @@ def loader_rates(store: FeatureStore, batch: int, workers: list[int], steps: int
         for _ in prefetched(store.pairs, keys, n, cpu):
             pass
         out[f"loader, {n} thread{'s' if n != 1 else ''} (uint8 frames)"] = frames / (time.perf_counter() - start)
-    if store.video_format == "jpeg":  # decode_on: device (auto on a GPU): the threads hand over the JPEG files
+    if store.video_format == "jpeg":  # decode_on: device: the threads hand over the JPEG files
         for n in workers:
             start = time.perf_counter()
             for _ in prefetched(functools.partial(store.pairs, encoded=True), keys, n, cpu):

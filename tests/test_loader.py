@@ -137,6 +137,46 @@ def test_on_a_gpu_jpeg_frames_decode_close_to_pillows_and_to_raw(tiny_features, 
     assert not frames[~mask].any()  # padding frames stay zeros
     assert (frames.int() - pillow.int()).abs().float().mean() < 1.0
     same_videos = pd.Index(raw.index["video_id"]).get_indexer(store.index["video_id"].to_numpy()[positions])
+    assert (same_videos >= 0).all() and torch.equal(raw.video_batch(same_videos)[1], mask)
     reference = raw.video_batch(same_videos)[0][mask].int()
     error = (frames[mask].int() - reference).float()
     assert error.abs().mean() <= 2.5 and 10 * torch.log10(255**2 / error.pow(2).mean()) >= 38
+
+
+def test_train_refuses_device_decoding_of_webp_frames_before_any_work(
+    tmp_path, tiny_raw, tiny_annotations, tiny_params, tiny_features
+):
+    from mascot import frames as frames_stage
+
+    webp = _with(tiny_params, frames={"format": "webp"})
+    frames_dir, features_dir = tmp_path / "frames", tmp_path / "features"
+    frames_stage.run(webp, tiny_annotations, tiny_raw / "videos", frames_dir)
+    features.run(webp, tiny_annotations, frames_dir, features_dir)
+    for section in ("train", "evaluate"):  # train's validation decodes by evaluate.decode_on
+        params = _with(webp, **{section: {"decode_on": "device"}})
+        with pytest.raises(ConfigError, match=f"{section}.decode_on: device.*stored as webp"):
+            train.run(
+                params, features_dir, "synthetic", "meanP", 0, tmp_path / "m.pt", tmp_path / "log.csv", frames_dir=frames_dir
+            )
+        assert not (tmp_path / "log.csv").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_decoding_does_not_overwrite_memory_queued_kernels_still_read(tiny_features):
+    """torchvision's CUDA decoder writes on a stream of its own that does not wait for the caller's
+    (pytorch/vision PR #9606): a block freed while queued kernels still read it could be handed to the
+    decoder and overwritten first. EncodedFrames.decode synchronizes before decoding. Modelled on that
+    PR's reproduction; never run yet (no GPU so far)."""
+    cuda = torch.device("cuda")
+    store = FeatureStore.open(tiny_features)
+    encoded = store.video_batch(store.videos("train")[:16], encoded=True)[0]
+    expected = on_device(encoded, cuda).cpu()
+    slow = torch.randn(8192, 8192, device=cuda)
+    for _ in range(20):
+        ones = torch.ones(expected.numel() // 4 + 1, device=cuda)  # about the decoded batch's bytes
+        sums = [(slow @ slow).sum() * 0 + ones.sum() for _ in range(3)]  # read `ones` after long kernels
+        del ones
+        frames = on_device(encoded, cuda)
+        assert all(s.item() == expected.numel() // 4 + 1 for s in sums)
+        assert torch.equal(frames.cpu(), expected)
