@@ -32,6 +32,11 @@ def test_figures_of_a_tiny_run(tmp_path, tiny_features, tiny_frames, tiny_params
         assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 20, name  # not blank
     with pytest.raises(MascotError, match="trained on synthetic, not msrvtt"):
         figures.run(tiny_params, "msrvtt", tiny_features, tiny_frames, models, tmp_path / "other")
+    # decoding on the device (here the CPU: Pillow's pixels) draws the same pictures
+    device = tiny_params.model_copy(update={"evaluate": tiny_params.evaluate.model_copy(update={"decode_on": "device"})})
+    figures.run(device, "synthetic", tiny_features, tiny_frames, models, tmp_path / "device")
+    for name in ("masks.png", "retrieval.png"):
+        assert (tmp_path / "device" / name).read_bytes() == (out / name).read_bytes(), name
 
 
 @pytest.mark.parametrize(

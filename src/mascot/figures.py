@@ -52,7 +52,11 @@ def shaded(frame: np.ndarray, dropped: np.ndarray, grid: int, colour: tuple[floa
 
 
 @torch.no_grad()
-def masks_figure(model: RetrievalModel, variant, store: FeatureStore, index, shards: dict, count: int, name: str):
+def masks_figure(
+    model: RetrievalModel, variant, store: FeatureStore, index, shards: dict, count: int, name: str, encoded: bool = False
+):
+    """The masks of `variant` on the first `count` validation videos; `encoded`: the model's frames
+    decoded on its device (evaluate.decode_on: device), as validation decodes them."""
     if variant.mask is None:  # a pipeline without a masked variant: say so rather than draw nothing
         fig = plt.figure(figsize=(6, 1))
         fig.text(0.5, 0.5, f"figures.masked `{name}` trains without masks: no masks to show", ha="center", va="center")
@@ -62,8 +66,8 @@ def masks_figure(model: RetrievalModel, variant, store: FeatureStore, index, sha
     grid = int(round((store.meta["tokens_per_frame"] - 1) ** 0.5))
     fig, axes = plt.subplots(len(positions), 6, figsize=(9, 1.6 * len(positions) + 0.6), squeeze=False)
     for axes_row, position in zip(axes, positions, strict=True):
-        tokens, frame_mask = store.video_batch(np.array([position]))
-        valid = model.frame_tokens(on_device(tokens[0][frame_mask[0]], device))
+        tokens, frame_mask = store.video_batch(np.array([position]), encoded)
+        valid = model.frame_tokens(on_device(tokens, device)[0][on_device(frame_mask, device)[0]])
         full = model.vision.run(valid, attention=variant.mask.score == "cls_attn")
         caption_row = np.flatnonzero(store.captions["video_index"].to_numpy() == position)[0]
         text = model.encode_text(on_device(store.text_batch(np.array([caption_row])), device)).float()
@@ -147,7 +151,16 @@ def run(params: Params, dataset: str, features_dir: Path, frames_dir: Path, mode
         for file, fig in (
             (
                 "masks.png",
-                masks_figure(loaded[cfg.masked], trained_with[cfg.masked], store, index, shards, cfg.videos, cfg.masked),
+                masks_figure(
+                    loaded[cfg.masked],
+                    trained_with[cfg.masked],
+                    store,
+                    index,
+                    shards,
+                    cfg.videos,
+                    cfg.masked,
+                    store.decodes_on(params.evaluate.decode_on, "evaluate.decode_on"),
+                ),
             ),
             ("retrieval.png", retrieval_figure({labels[n]: m for n, m in loaded.items()}, store, index, shards, params)),
         ):
