@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mascot.clip_model import create_clip, model_config
+from mascot.clip_model import create_clip, image_size, model_config
 from mascot.config import ClipConfig, MaskConfig, TrainConfig, VariantConfig
 from mascot.devices import autocast, on_device, select_device
 from mascot.frame_store import EncodedFrames, encode_image
@@ -74,7 +74,7 @@ def measured(fn: Callable[[], object], device: torch.device, steps: int, warmup:
 def inputs(cfg: dict, model: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch as the loader hands it over at K = L: uint8 frames (decoded), frame mask and caption
     tokens, in pinned host memory on a GPU machine."""
-    size = model_config(model)["vision_cfg"]["image_size"]
+    size = image_size(model)
     videos = torch.randint(0, 256, (cfg["batch"], cfg["frames"], size, size, 3), dtype=torch.uint8)
     mask = torch.ones(cfg["batch"], cfg["frames"], dtype=torch.bool)
     text = torch.randint(1, 49000, (cfg["batch"], cfg["words"]))
@@ -87,7 +87,7 @@ def inputs(cfg: dict, model: str, device: torch.device) -> tuple[torch.Tensor, t
 def reference_rows(cfg: dict, model: str, device: torch.device, precision: str):
     """The whole tower's inference on frames already on the device, for reference."""
     clip = create_clip(ClipConfig(model=model, pretrained=None)).to(device).eval()
-    size = model_config(model)["vision_cfg"]["image_size"]
+    size = image_size(model)
     images = torch.randn(cfg["image_batch"], 3, size, size, device=device)
 
     @torch.no_grad()
@@ -114,7 +114,7 @@ def jpeg_batch(cfg: dict, size: int) -> tuple[EncodedFrames, float]:
 
 def decode_rows(cfg: dict, model: str, device: torch.device, precision: str):
     """JPEG decoding of one batch on the device (EncodedFrames.decode, the `decode_on: device` path)."""
-    size = model_config(model)["vision_cfg"]["image_size"]
+    size = image_size(model)
     frames, kb = jpeg_batch(cfg, size)
     seconds, peak = measured(lambda: frames.decode(device), device, cfg["steps"], cfg["warmup"])
     what = f"JPEG decoding on the device, {len(frames.files)} frames of {size} px ({kb:.0f} KB each)"
@@ -123,7 +123,7 @@ def decode_rows(cfg: dict, model: str, device: torch.device, precision: str):
 
 def model_rows(cfg: dict, model: str, device: torch.device, precision: str):
     videos, mask, text = inputs(cfg, model, device)
-    encoded = jpeg_batch(cfg, model_config(model)["vision_cfg"]["image_size"])[0]
+    encoded = jpeg_batch(cfg, image_size(model))[0]
     blocks = model_config(model)["vision_cfg"]["layers"]
     frames = cfg["batch"] * cfg["frames"]
     for name, masking in OBJECTIVES.items():
