@@ -158,3 +158,20 @@ def dvc_pipeline(tmp_path_factory):
     repo = copy_project(tmp_path_factory.mktemp("pipeline") / "repo")
     output = sh(["dvc", "repro"], repo)
     return repo, output, metrics_files(repo)
+
+
+@pytest.fixture
+def decode_calls(monkeypatch) -> list[int]:
+    """Frames decoded by each EncodedFrames.decode call: a `decode_on: device` test whose results
+    equal Pillow's (on the CPU they do) also shows that the device path was taken."""
+    from mascot.frame_store import EncodedFrames
+
+    calls: list[int] = []
+    original = EncodedFrames.decode
+
+    def counted(self, device):
+        calls.append(len(self.files))
+        return original(self, device)
+
+    monkeypatch.setattr(EncodedFrames, "decode", counted)
+    return calls

@@ -149,13 +149,15 @@ def _planned_jobs(repo, rule: str) -> list[str]:
 
 
 def test_a_train_job_gets_one_gpu_per_process_and_features_one_only_below_k_equals_l(tmp_path):
-    """`train.processes` sizes a train job's GPU request and the slot it waits for; the features
+    """`train.processes` sizes a train job's GPU request and the slot it waits for (ablation rows too); the features
     stage asks for a GPU only where it encodes frames (K < L), not at K = L (the default and the
     presets: it tokenizes captions)."""
     repo = copy_project(tmp_path)
     set_param(repo, "train.processes", 2)
     commit(repo, "two processes")
-    assert all("gpu=2" in j and "mascot.gpu_slot --need 2 --" in j for j in _planned_jobs(repo, "train"))
+    for rule in ("train", "train_ablation"):  # the ablation rows train as the main ones
+        assert all("gpu=2" in j and "mascot.gpu_slot --need 2 --" in j for j in _planned_jobs(repo, rule)), rule
+    assert all("gpu=1" in j and "mascot.gpu_slot --need 1 --" in j for j in _planned_jobs(repo, "evaluate_ablation"))
     assert all("gpu=0" in j and "gpu_slot" not in j for j in _planned_jobs(repo, "features"))
     set_param(repo, "train.trainable_blocks", 2)
     commit(repo, "K < L")

@@ -18,7 +18,7 @@ def test_shading_covers_exactly_the_dropped_patches():
     assert np.array_equal(hit, expected) and np.allclose(out[hit], [0.6, 0.0, 0.0])
 
 
-def test_figures_of_a_tiny_run(tmp_path, tiny_features, tiny_frames, tiny_params):
+def test_figures_of_a_tiny_run(tmp_path, tiny_features, tiny_frames, tiny_params, decode_calls):
     models = tmp_path / "models"
     for variant in ("meanP", "mascot"):
         train.run(
@@ -34,7 +34,9 @@ def test_figures_of_a_tiny_run(tmp_path, tiny_features, tiny_frames, tiny_params
         figures.run(tiny_params, "msrvtt", tiny_features, tiny_frames, models, tmp_path / "other")
     # decoding on the device (here the CPU: Pillow's pixels) draws the same pictures
     device = tiny_params.model_copy(update={"evaluate": tiny_params.evaluate.model_copy(update={"decode_on": "device"})})
+    decode_calls.clear()
     figures.run(device, "synthetic", tiny_features, tiny_frames, models, tmp_path / "device")
+    assert len(decode_calls) > tiny_params.figures.videos  # the masks figure's videos, then the retrieval figure's batches
     for name in ("masks.png", "retrieval.png"):
         assert (tmp_path / "device" / name).read_bytes() == (out / name).read_bytes(), name
 

@@ -145,6 +145,19 @@ def test_diagnose_shares_and_the_callers_random_state(fg_table, tiny_features, t
     assert foreground.diagnose(model, variant.mask, store, fg_table.iloc[:0], "val", tiny_params.evaluate) is None
 
 
+def test_diagnose_decodes_as_validation_does(fg_table, tiny_features, tiny_params, decode_calls):
+    from mascot.clip_model import create_clip
+    from mascot.model import RetrievalModel
+
+    store = FeatureStore.open(tiny_features)
+    variant = tiny_params.variant("mascot")
+    model = RetrievalModel(create_clip(tiny_params.clip), 4, variant, store.meta["num_frames"])
+    pillow = foreground.diagnose(model, variant.mask, store, fg_table, "val", tiny_params.evaluate)
+    assert not decode_calls
+    on_device = tiny_params.evaluate.model_copy(update={"decode_on": "device"})
+    assert foreground.diagnose(model, variant.mask, store, fg_table, "val", on_device) == pillow and decode_calls
+
+
 def test_the_diagnostic_draws_the_masks_training_draws(tiny_features, tiny_params):
     from mascot.clip_model import create_clip
     from mascot.model import RetrievalModel

@@ -75,10 +75,11 @@ def test_where_frames_are_decoded(tiny_raw_store):
     ids=["threads", "device-decode"],
 )
 def test_features_stage_writes_the_same_cache_with_loader_threads_or_device_decoding(
-    tmp_path, tiny_frames, tiny_annotations, tiny_prefix_params, tiny_prefix_features, setting
+    tmp_path, tiny_frames, tiny_annotations, tiny_prefix_params, tiny_prefix_features, setting, decode_calls
 ):
     out = tmp_path / "features"
     features.run(_with(tiny_prefix_params, features=setting), tiny_annotations, tiny_frames, out)
+    assert bool(decode_calls) == ("decode_on" in setting)  # the path taken
     reference = tiny_prefix_features
     names = sorted(p.name for p in out.glob("*.npy"))
     assert len(names) > 2 and names == sorted(p.name for p in reference.glob("*.npy"))
@@ -86,25 +87,29 @@ def test_features_stage_writes_the_same_cache_with_loader_threads_or_device_deco
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
-def test_training_is_the_same_with_loader_threads_or_device_decoding(tmp_path, tiny_features, tiny_params):
+def test_training_is_the_same_with_loader_threads_or_device_decoding(tmp_path, tiny_features, tiny_params, decode_calls):
     """Loader threads change where batches are assembled, and `decode_on: device` where JPEG frames
     are decoded (on the CPU: the same pixels), nothing else: the same losses at every step and the
     same selected weights (validation read ahead and decoded the same way)."""
     outs = {}
-    runs = {
-        "here": {},
-        "threads": {"loader_workers": 2},
-        "device": {"decode_on": "device"},
-        "chunks": {"grad_cache_chunk": 3},  # gradient caching decodes chunk by chunk: against its own path
-        "chunks-device": {"grad_cache_chunk": 3, "decode_on": "device"},
+    device = {"decode_on": "device"}
+    runs = {  # name: (train settings, evaluate settings: train's validation)
+        "here": ({}, {}),
+        "threads": ({"loader_workers": 2}, {"loader_workers": 2}),
+        "device": (device, device),
+        "validation-device": ({}, device),
+        "chunks": ({"grad_cache_chunk": 3}, {}),  # gradient caching decodes chunk by chunk: against its own path
+        "chunks-device": ({"grad_cache_chunk": 3, **device}, device),
     }
-    for name, setting in runs.items():
-        check = {k: v for k, v in setting.items() if k != "grad_cache_chunk"}
-        params = _with(tiny_params, train=setting, evaluate=check)
+    for name, (train_setting, evaluate_setting) in runs.items():
+        params = _with(tiny_params, train=train_setting, evaluate=evaluate_setting)
         model, log = tmp_path / f"m-{name}.pt", tmp_path / f"log-{name}.csv"
+        decode_calls.clear()
         train.run(params, tiny_features, "synthetic", "mascot", 0, model, log)
+        assert bool(decode_calls) == ("device" in name), name  # the path taken
         outs[name] = (steps_path(log).read_text(), log.read_text(), torch.load(model, weights_only=True)["state_dict"])
-    for reference, name in (("here", "threads"), ("here", "device"), ("chunks", "chunks-device")):
+    comparisons = (("here", "threads"), ("here", "device"), ("here", "validation-device"), ("chunks", "chunks-device"))
+    for reference, name in comparisons:
         assert outs[reference][0] == outs[name][0] and outs[reference][1] == outs[name][1], name
         assert outs[reference][2].keys() == outs[name][2].keys()
         assert all(torch.equal(v, outs[name][2][k]) for k, v in outs[reference][2].items()), name
@@ -144,9 +149,14 @@ def test_on_a_gpu_jpeg_frames_decode_close_to_pillows_and_to_raw(tiny_features, 
 
 
 def test_train_refuses_device_decoding_of_webp_frames_before_any_work(
-    tmp_path, tiny_raw, tiny_annotations, tiny_params, tiny_features
+    tmp_path, tiny_raw, tiny_annotations, tiny_params, tiny_features, monkeypatch
 ):
     from mascot import frames as frames_stage
+
+    def no_work(job):
+        raise AssertionError("train built its model before refusing the setting")
+
+    monkeypatch.setattr(train, "build", no_work)
 
     webp = _with(tiny_params, frames={"format": "webp"})
     frames_dir, features_dir = tmp_path / "frames", tmp_path / "features"

@@ -160,3 +160,7 @@ def test_every_setting_that_can_change_an_output_is_tracked():
         listed = {p.removeprefix(f"{section}.") for p in stages[stage]["params"] if p.startswith(f"{section}.")}
         assert section not in stages[stage]["params"], f"{stage} tracks the whole `{section}` section"
         assert listed == set(schema.model_fields) - untracked, stage
+    # stages that also embed videos the evaluate way (train's validation, the figures) track what changes that
+    for stage in ("train", "train_ablation", "figures"):
+        listed = {p.removeprefix("evaluate.") for p in stages[stage]["params"] if p.startswith("evaluate.")}
+        assert {"batch_size", "precision", "decode_on", "max_videos"} <= listed, stage
